@@ -1,0 +1,140 @@
+"""Image reading with clear errors, and conversion to featlab's image tensors.
+
+Every image enters featlab through :func:`read_image`: it returns an RGB ``uint8`` array (H, W, 3) whatever the
+file holds (grayscale, 16-bit, RGBA, palette), or raises :class:`~featlab.errors.InputError` naming the file.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from ..errors import InputError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
+MIN_IMAGE_SIDE = 8
+
+
+def _to_uint8(img: np.ndarray) -> np.ndarray:
+    if img.dtype == np.uint8:
+        return img
+    if img.dtype == np.uint16:
+        return (img.astype(np.float32) / 257.0).round().clip(0, 255).astype(np.uint8)
+    if np.issubdtype(img.dtype, np.floating):
+        finite = np.nan_to_num(img.astype(np.float32))
+        hi = 1.0 if finite.max(initial=0) <= 1.0 else 255.0
+        return (finite / hi * 255.0).round().clip(0, 255).astype(np.uint8)
+    return img.clip(0, 255).astype(np.uint8)
+
+
+def as_rgb_uint8(img: np.ndarray, name: str = "image") -> np.ndarray:
+    """Any 2-D/3-D array (gray, gray+alpha, RGB, RGBA; uint8/uint16/float) -> (H, W, 3) uint8 RGB."""
+    img = np.asarray(img)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    elif img.ndim == 3 and img.shape[2] in (1, 2):
+        img = np.repeat(img[..., :1], 3, axis=2)
+    elif img.ndim == 3 and img.shape[2] == 4:
+        img = img[..., :3]
+    elif not (img.ndim == 3 and img.shape[2] == 3):
+        raise InputError(f"{name}: unsupported image shape {img.shape}")
+    img = _to_uint8(img)
+    h, w = img.shape[:2]
+    if min(h, w) < MIN_IMAGE_SIDE:
+        raise InputError(f"{name}: image is too small ({w}x{h}); featlab needs at least {MIN_IMAGE_SIDE} px a side")
+    return np.ascontiguousarray(img)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file as RGB uint8 (H, W, 3).
+
+    Raises:
+        InputError: missing file, a folder, an empty/corrupt file, or an unsupported layout.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"image not found: {path}")
+    if not path.is_file():
+        raise InputError(f"not a file: {path}")
+    if path.stat().st_size == 0:
+        raise InputError(f"empty image file: {path}")
+    data = np.fromfile(str(path), dtype=np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        img = _read_with_pil(path)
+    else:
+        if img.ndim == 3 and img.shape[2] == 3:
+            img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        elif img.ndim == 3 and img.shape[2] == 4:
+            img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
+    return as_rgb_uint8(img, name=str(path))
+
+
+def _read_with_pil(path: Path) -> np.ndarray:
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            im.load()
+            return np.asarray(im.convert("RGB"))
+    except Exception:  # noqa: BLE001 - PIL raises many kinds of errors for corrupt files
+        raise InputError(f"cannot decode image (corrupt or unsupported format): {path}") from None
+
+
+def list_images(folder: str | Path, recursive: bool = True) -> list[Path]:
+    """Sorted image files under ``folder``; InputError if the folder is missing or holds no image."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise InputError(f"folder not found: {folder}")
+    if not folder.is_dir():
+        raise InputError(f"not a folder: {folder}")
+    pattern = "**/*" if recursive else "*"
+    files = sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise InputError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {folder}")
+    return files
+
+
+def image_to_tensor(img: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (1, 3, H, W) float32 in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float().div_(255.0)
+
+
+def tensor_to_image(t: torch.Tensor) -> np.ndarray:
+    """(3, H, W) or (1, 3, H, W) float in [0, 1] -> (H, W, 3) uint8."""
+    if t.ndim == 4:
+        t = t[0]
+    if t.shape[0] == 1:
+        t = t.expand(3, -1, -1)
+    return (t.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
+def rgb_to_gray(image: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, 1, H, W), ITU-R BT.601 weights (as OpenCV)."""
+    if image.shape[1] == 1:
+        return image
+    w = image.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    return (image * w).sum(1, keepdim=True)
+
+
+def resize_image(img: np.ndarray, resize) -> tuple[np.ndarray, tuple[float, float]]:
+    """Resize an (H, W, C) array.
+
+    ``resize``: None (keep), an int (longest side), or (H, W). Returns the image and the scale (sx, sy) that maps
+    resized coordinates back to the original: p_orig = p_resized * scale.
+    """
+    h, w = img.shape[:2]
+    if resize is None:
+        return img, (1.0, 1.0)
+    if isinstance(resize, (int, float)):
+        s = float(resize) / max(h, w)
+        new_w, new_h = max(1, int(round(w * s))), max(1, int(round(h * s)))
+    else:
+        new_h, new_w = int(resize[0]), int(resize[1])
+    if (new_h, new_w) == (h, w):
+        return img, (1.0, 1.0)
+    interp = cv2.INTER_AREA if new_h * new_w < h * w else cv2.INTER_LINEAR
+    out = cv2.resize(img, (new_w, new_h), interpolation=interp)
+    return out, (w / new_w, h / new_h)
