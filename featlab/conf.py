@@ -22,8 +22,31 @@ def _check_keys(defaults: Mapping, user: Mapping, where: str, open_keys=()):
         if key not in defaults:
             valid = ", ".join(sorted(map(str, defaults.keys()))) or "(none)"
             raise ConfigError(f"unknown config key '{where}{key}'; valid keys: {valid}")
-        if isinstance(value, Mapping) and isinstance(defaults[key], Mapping) and f"{where}{key}" not in open_keys:
-            _check_keys(defaults[key], value, f"{where}{key}.", open_keys)
+        default = defaults[key]
+        if isinstance(value, Mapping) and isinstance(default, Mapping) and f"{where}{key}" not in open_keys:
+            _check_keys(default, value, f"{where}{key}.", open_keys)
+        elif not _compatible(default, value):
+            raise ConfigError(f"bad value for '{where}{key}': expected {type(default).__name__} "
+                              f"(default {default!r}), got {value!r}")
+
+
+def _compatible(default, value) -> bool:
+    """Type check against the default: None defaults accept anything; ints are accepted for floats."""
+    if default is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, str):
+        return isinstance(value, str)
+    if isinstance(default, (list, tuple)):
+        return isinstance(value, (list, tuple)) or value is None
+    if isinstance(default, Mapping):
+        return isinstance(value, Mapping) or value is None
+    return True
 
 
 def resolve_conf(defaults: Mapping, user: Mapping | DictConfig | None = None, name: str = "") -> DictConfig:

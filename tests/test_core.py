@@ -1,0 +1,142 @@
+"""Pixel convention, config handling, image reading and atomic writes."""
+import numpy as np
+import pytest
+import torch
+
+from featlab import pixels
+from featlab.conf import load_yaml_with_overrides, parse_overrides, resolve_conf, save_conf
+from featlab.errors import ConfigError, InputError
+from featlab.io.atomic import atomic_path
+from featlab.io.image import list_images, read_image, resize_image
+
+
+class TestPixels:
+    def test_opencv_round_trip(self):
+        p = np.array([[0.0, 0.0], [10.25, 3.5]])
+        np.testing.assert_allclose(pixels.to_opencv(pixels.from_opencv(p)), p)
+        np.testing.assert_allclose(pixels.from_opencv(p)[0], [0.5, 0.5])
+
+    def test_homography_conversion_consistent(self):
+        rng = np.random.default_rng(0)
+        H_cv = np.eye(3) + 0.01 * rng.normal(size=(3, 3))
+        H_cv[2, :2] *= 0.01
+        p_cv = rng.uniform(0, 100, (10, 2))
+        q_cv = np.c_[p_cv, np.ones(10)] @ H_cv.T
+        q_cv = q_cv[:, :2] / q_cv[:, 2:]
+        H = pixels.homography_from_opencv(H_cv)
+        q = np.c_[pixels.from_opencv(p_cv), np.ones(10)] @ H.T
+        np.testing.assert_allclose(q[:, :2] / q[:, 2:], pixels.from_opencv(q_cv), atol=1e-9)
+        np.testing.assert_allclose(pixels.homography_to_opencv(H), H_cv, atol=1e-12)
+
+    def test_sample_map_hits_cell_centres(self):
+        # a stride-4 map of a 16x32 image: cell (i, j) centre is at featlab ((j + .5) * 4, (i + .5) * 4)
+        fmap = torch.arange(4 * 8, dtype=torch.float32).reshape(1, 1, 4, 8)
+        centres = pixels.pixel_grid(4, 8, stride=4.0)[None]
+        out = pixels.sample_map(fmap, centres, (16, 32))
+        np.testing.assert_allclose(out[0, :, 0].numpy(), np.arange(32), atol=1e-5)
+        # half-way between two horizontal neighbours: the mean
+        mid = centres[:, :1] + torch.tensor([2.0, 0.0])
+        assert pixels.sample_map(fmap, mid, (16, 32)).item() == pytest.approx(0.5)
+
+    def test_grid_indices_and_inside(self):
+        ij = torch.tensor([[0, 0], [2, 3]])
+        np.testing.assert_allclose(pixels.from_grid_indices(ij, 8).numpy(), [[4, 4], [28, 20]])
+        m = pixels.inside_image(torch.tensor([[0.1, 0.1], [10.0, 5.0], [10.1, 1.0]]), (5, 10))
+        assert m.tolist() == [True, True, False]
+
+    def test_warp_image_grid_identity(self):
+        img = torch.rand(1, 3, 6, 7)
+        grid = pixels.pixel_grid(6, 7).reshape(1, 6, 7, 2)
+        torch.testing.assert_close(pixels.warp_image_grid(img, grid), img, atol=1e-5, rtol=0)
+
+
+class TestConf:
+    defaults = {"a": 1, "b": {"c": 2.0, "d": "x"}, "e": None}
+
+    def test_merge(self):
+        conf = resolve_conf(self.defaults, {"b": {"c": 3.0}, "e": [1, 2]})
+        assert conf.a == 1 and conf.b.c == 3.0 and conf.b.d == "x" and list(conf.e) == [1, 2]
+
+    @pytest.mark.parametrize("user", [{"z": 1}, {"b": {"cc": 1}}])
+    def test_unknown_key(self, user):
+        with pytest.raises(ConfigError, match="unknown config key"):
+            resolve_conf(self.defaults, user, "thing")
+
+    def test_bad_type(self):
+        with pytest.raises(ConfigError):
+            resolve_conf(self.defaults, {"a": "not-an-int"})
+
+    def test_overrides_and_yaml(self, tmp_path):
+        assert parse_overrides(["a=3", "b.c=0.5"]) == {"a": 3, "b": {"c": 0.5}}
+        with pytest.raises(ConfigError, match="key=value"):
+            parse_overrides(["oops"])
+        y = tmp_path / "c.yaml"
+        y.write_text("a: 5\nb:\n  d: zz\n")
+        merged = load_yaml_with_overrides(y, ["b.c=9.0"])
+        assert merged == {"a": 5, "b": {"d": "zz", "c": 9.0}}
+        with pytest.raises(ConfigError, match="not found"):
+            load_yaml_with_overrides(tmp_path / "missing.yaml")
+        save_conf(resolve_conf(self.defaults, merged), tmp_path / "out.yaml")
+        assert "d: zz" in (tmp_path / "out.yaml").read_text()
+
+
+class TestImages:
+    def _write(self, path, arr):
+        import cv2
+
+        assert cv2.imwrite(str(path), arr)
+        return path
+
+    def test_modes(self, tmp_path):
+        gray = self._write(tmp_path / "g.png", np.full((20, 30), 100, np.uint8))
+        g16 = self._write(tmp_path / "g16.png", np.full((20, 30), 65535, np.uint16))
+        rgba = self._write(tmp_path / "a.png", np.full((20, 30, 4), 50, np.uint8))
+        for p in (gray, g16, rgba):
+            img = read_image(p)
+            assert img.shape == (20, 30, 3) and img.dtype == np.uint8
+        assert read_image(g16).max() == 255
+
+    def test_bgr_to_rgb(self, tmp_path):
+        bgr = np.zeros((10, 10, 3), np.uint8)
+        bgr[..., 0] = 255  # blue in OpenCV's order
+        img = read_image(self._write(tmp_path / "b.png", bgr))
+        assert img[0, 0].tolist() == [0, 0, 255]
+
+    def test_errors(self, tmp_path):
+        with pytest.raises(InputError, match="not found"):
+            read_image(tmp_path / "nope.jpg")
+        (tmp_path / "bad.jpg").write_bytes(b"\x00garbage" * 10)
+        with pytest.raises(InputError, match="corrupt"):
+            read_image(tmp_path / "bad.jpg")
+        (tmp_path / "empty.png").write_bytes(b"")
+        with pytest.raises(InputError, match="empty"):
+            read_image(tmp_path / "empty.png")
+        tiny = self._write(tmp_path / "tiny.png", np.zeros((2, 2), np.uint8))
+        with pytest.raises(InputError, match="too small"):
+            read_image(tiny)
+        (tmp_path / "sub").mkdir()
+        with pytest.raises(InputError, match="no images"):
+            list_images(tmp_path / "sub")
+        with pytest.raises(InputError, match="not found"):
+            list_images(tmp_path / "missing")
+
+    def test_resize_scale_maps_back(self):
+        img = np.zeros((480, 640, 3), np.uint8)
+        small, scale = resize_image(img, [240, 320])
+        assert small.shape == (240, 320, 3) and scale == (2.0, 2.0)
+        small, scale = resize_image(img, 320)
+        assert small.shape == (240, 320, 3)
+        # the image extent maps onto the image extent in this pixel convention
+        np.testing.assert_allclose(pixels.scale_points(np.array([[320.0, 240.0]]), scale), [[640, 480]])
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.txt"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash")
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+    with atomic_path(target) as tmp:
+        tmp.write_text("done")
+    assert target.read_text() == "done" and len(list(tmp_path.iterdir())) == 1
