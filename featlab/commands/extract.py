@@ -1,0 +1,144 @@
+"""``featlab extract``: keypoints and descriptors for every image of a folder, into an HDF5 file (hloc's layout).
+
+Images are found recursively; each is stored under its path relative to the folder. The run is resumable: images
+already in the output are skipped, and an interrupted run continues from ``<output>.partial`` (see
+:mod:`featlab.io.h5`). The resolved configuration is written beside the output as ``<output>.conf.yaml``.
+
+Examples:
+    featlab extract images/ -o features.h5 --model sift --max-keypoints 4096
+    featlab extract images/ -o features.h5 --model rootsift --resize 1024 --conf contrast_threshold=0.02
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError, InputError
+
+logger = logging.getLogger(__name__)
+
+
+def register(sub):
+    p = sub.add_parser("extract", help="extract features of a folder of images into an HDF5 file",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("images", type=Path, help="folder of images (searched recursively)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="features file to write (e.g. features.h5)")
+    p.add_argument("--model", required=True, help="extractor name (see `featlab models`)")
+    p.add_argument("--max-keypoints", type=int, default=None,
+                   help="keep the K best keypoints per image (-1: all; default: the model's)")
+    p.add_argument("--resize", type=int, nargs="+", default=None, metavar="N",
+                   help="resize before extraction: one number = longest side, two = H W (keypoints are always "
+                        "stored in original-image pixels)")
+    p.add_argument("--config", type=Path, default=None, help="YAML file with extractor settings")
+    p.add_argument("--conf", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="extractor settings (override --config), e.g. --conf contrast_threshold=0.02")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--as-half", action="store_true", help="store descriptors and scores as float16 (hloc's as_half)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="warn about unreadable images and continue (default: stop with an error)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start from scratch instead of resuming (the old output is replaced at the end)")
+    p.set_defaults(func=run)
+
+
+def extractor_settings(args) -> dict:
+    """The extractor config section from --config, --conf, --max-keypoints and --resize (later wins)."""
+    from ..conf import load_yaml_with_overrides
+
+    conf = load_yaml_with_overrides(args.config, args.conf)
+    if args.max_keypoints is not None:
+        conf["max_keypoints"] = args.max_keypoints
+    if args.resize is not None:
+        if len(args.resize) not in (1, 2) or min(args.resize) < 1:
+            raise ConfigError(f"--resize takes one positive number (longest side) or two (H W), got {args.resize}")
+        conf["resize"] = args.resize[0] if len(args.resize) == 1 else list(args.resize)
+    return conf
+
+
+def _device(name: str):
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ConfigError(f"bad --device '{name}': {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda requested but CUDA is not available")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("--device mps requested but MPS is not available")
+    return device
+
+
+def _resize_scale(image_shape, resize) -> float | None:
+    """Mean factor original/resized pixel size (hloc's keypoint ``uncertainty``), None without resizing."""
+    if resize is None:
+        return None
+    h, w = image_shape[:2]
+    if isinstance(resize, (int, float)):
+        return max(h, w) / float(resize)
+    rh, rw = resize
+    return 0.5 * (w / rw + h / rh)
+
+
+def run(args) -> int:
+    from tqdm import tqdm
+
+    from ..conf import save_conf, to_container
+    from ..extractors import build_extractor, extract_image
+    from ..io.h5 import check_output_record, list_feature_names, partial_path, staged_h5, write_features
+    from ..io.image import list_images, read_image
+
+    images_dir: Path = args.images
+    output: Path = args.output
+    if output.exists() and output.is_dir():
+        raise InputError(f"output {output} is a folder; give a file name such as features.h5")
+    files = list_images(images_dir)  # InputError on a missing/empty folder
+    names = [f.relative_to(images_dir).as_posix() for f in files]
+
+    extractor = build_extractor(args.model, extractor_settings(args))  # ConfigError: unknown model / key
+    extractor = extractor.to(_device(args.device))
+    conf = to_container(extractor.conf)
+    record = {"kind": "features", "model": args.model, "extractor": conf, "as_half": bool(args.as_half)}
+    resize = conf.get("resize")
+
+    # fast path: a complete output with everything in it
+    if output.exists() and not args.overwrite and not partial_path(output).exists():
+        check_output_record(output, record)
+        done = set(list_feature_names(output))
+        if all(n in done for n in names):
+            print(f"{output}: all {len(names)} images already extracted, nothing to do")
+            return 0
+
+    counts = {"new": 0, "present": 0, "bad": 0, "keypoints": []}
+    with staged_h5(output, record, kind="features", overwrite=args.overwrite) as f:
+        done = set(list_feature_names(f))
+        todo = [(p, n) for p, n in zip(files, names) if n not in done]
+        counts["present"] = len(names) - len(todo)
+        for path, name in tqdm(todo, desc=f"extract {args.model}", unit="img", disable=None, file=sys.stderr):
+            try:
+                image = read_image(path)
+            except InputError as e:
+                if not args.skip_bad:
+                    raise InputError(f"{e} (use --skip-bad to skip unreadable images)") from None
+                logger.warning("skipping %s", e)
+                counts["bad"] += 1
+                continue
+            pred = extract_image(extractor, image)
+            write_features(f, name, pred, as_half=args.as_half, uncertainty=_resize_scale(image.shape, resize))
+            f.flush()
+            counts["new"] += 1
+            counts["keypoints"].append(len(pred["keypoints"]))
+        total = len(list_feature_names(f))
+    save_conf({**record, "images": str(images_dir)}, output.with_name(output.name + ".conf.yaml"))
+
+    kp = np.array(counts["keypoints"])
+    stats = (f"; keypoints per new image: mean {kp.mean():.0f}, min {kp.min()}, max {kp.max()}" if kp.size else "")
+    bad = f", {counts['bad']} unreadable skipped" if counts["bad"] else ""
+    print(f"{output}: {total} images ({counts['new']} new, {counts['present']} already present{bad}){stats}")
+    if kp.size and kp.min() == 0:
+        print(f"note: {int((kp == 0).sum())} image(s) gave no keypoints (stored with zero keypoints)")
+    return 0
