@@ -1,0 +1,296 @@
+"""``featlab eval``: benchmarks of local features.
+
+  featlab eval hpatches  homography benchmark on HPatches (--hpatches ROOT) or on synthetic warps of a photo
+                         folder (--synthetic DIR): MMA@1..10 px, homography accuracy Cor-1/3/5, matching score,
+                         repeatability
+  featlab eval relpose   relative pose on an RGB-D sequence (7-Scenes/TUM layout): AUC@5/10/20 per frame gap
+  featlab eval speed     extraction and matching time per method and image size
+
+Features are extracted once per image and cached under OUTDIR/cache (rerunning reuses them); results are written
+to OUTDIR as JSON (every number plus the resolved config), a Markdown table and a plot.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from ..errors import ConfigError, InputError
+
+logger = logging.getLogger(__name__)
+
+RELPOSE_ESTIMATORS = ("opencv", "magsac", "ransac", "poselib")
+HOMOGRAPHY_ESTIMATORS = ("ransac", "magsac", "poselib")
+
+
+def _add_common(p: argparse.ArgumentParser):
+    p.add_argument("--methods", nargs="+", required=True, metavar="NAME",
+                   help="extractor names, evaluated side by side (see `featlab models`)")
+    p.add_argument("--method-conf", nargs="*", default=[], metavar="METHOD.KEY=VALUE",
+                   help="per-method config overrides, e.g. disk.weights=/path/disk.pth")
+    p.add_argument("--device", default="cpu", help="torch device for the extractors (default: cpu)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output folder (also holds the feature cache)")
+
+
+def register(sub):
+    p = sub.add_parser("eval", help="benchmarks: hpatches | relpose | speed", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    esub = p.add_subparsers(dest="benchmark", metavar="BENCHMARK")
+    esub.required = True
+
+    h = esub.add_parser("hpatches", help="homography benchmark (HPatches or synthetic warps of photos)",
+                        description=HPATCHES_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_common(h)
+    src = h.add_mutually_exclusive_group(required=True)
+    src.add_argument("--hpatches", type=Path, metavar="ROOT", help="HPatches root (sequence folders)")
+    src.add_argument("--synthetic", type=Path, metavar="PHOTO_DIR",
+                     help="folder of photos warped by random homographies (labelled 'synthetic warps')")
+    h.add_argument("--split", choices=("all", "i", "v"), default="all", help="HPatches split (default: all)")
+    h.add_argument("--sequences", nargs="+", default=None, help="only these HPatches sequences")
+    h.add_argument("--pairs-per-image", type=int, default=None, help="synthetic: pairs per photo (default: 1)")
+    h.add_argument("--max-images", type=int, default=None, help="synthetic: use only the first N photos")
+    h.add_argument("--seed", type=int, default=None, help="synthetic: seed of the warps (default: 0)")
+    h.add_argument("--setting", default=None, help="240x320_300 | 480x640_1000 (default: 480x640_1000)")
+    h.add_argument("--resize", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="exact image size, overrides the setting's")
+    h.add_argument("--max-keypoints", type=int, default=None, help="top-k keypoints, overrides the setting's")
+    h.add_argument("--estimator", choices=HOMOGRAPHY_ESTIMATORS, default="ransac",
+                   help="robust homography estimator (default: ransac, as SuperPoint)")
+    h.add_argument("--ransac-threshold", type=float, default=3.0, help="inlier threshold in px (default: 3)")
+    h.set_defaults(func=run_hpatches)
+
+    r = esub.add_parser("relpose", help="relative pose on an RGB-D sequence (AUC@5/10/20)",
+                        description=RELPOSE_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_common(r)
+    r.add_argument("--rgbd", type=Path, required=True, metavar="ROOT", help="RGB-D sequence folder")
+    r.add_argument("--gaps", type=int, nargs="+", default=[10, 30, 60], help="frame gaps (default: 10 30 60)")
+    r.add_argument("--frames", type=int, nargs=2, default=None, metavar=("FIRST", "LAST"),
+                   help="frame index range, both inclusive (default: 0 499)")
+    r.add_argument("--min-covisibility", type=float, default=None,
+                   help="minimum depth-based covisibility of a pair (default: the dataset's)")
+    r.add_argument("--max-pairs-per-gap", type=int, default=None, help="subsample pairs per gap")
+    r.add_argument("--seed", type=int, default=0, help="seed of the pair subsampling (default: 0)")
+    r.add_argument("--focal", type=float, default=None,
+                   help="override the focal length of the intrinsics (px; e.g. 525 for 7-Scenes colour)")
+    r.add_argument("--pairs", type=Path, default=None, help="use this saved pair list instead of sampling pairs")
+    r.add_argument("--resize", type=int, nargs="+", default=None, metavar="N",
+                   help="extraction size: one int (longest side) or H W (default: native)")
+    r.add_argument("--max-keypoints", type=int, default=2048, help="top-k keypoints (default: 2048)")
+    r.add_argument("--estimator", choices=RELPOSE_ESTIMATORS, default="opencv",
+                   help="essential-matrix estimator (default: opencv = MAGSAC++)")
+    r.add_argument("--ransac-threshold", type=float, default=1.0, help="inlier threshold in px (default: 1)")
+    r.set_defaults(func=run_relpose)
+
+    s = esub.add_parser("speed", help="extraction and matching time", description=SPEED_DOC,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_common(s)
+    s.add_argument("--sizes", nargs="+", default=["240x320", "480x640"], metavar="HxW",
+                   help="image sizes (default: 240x320 480x640)")
+    s.add_argument("--repeats", type=int, default=10, help="timed runs per measurement (default: 10)")
+    s.add_argument("--image", type=Path, default=None,
+                   help="image to time on (default: scikit-image's astronaut photo)")
+    s.add_argument("--max-keypoints", type=int, default=2048, help="top-k keypoints (default: 2048)")
+    s.set_defaults(func=run_speed)
+
+
+HPATCHES_DOC = """Homography benchmark (SuperPoint / D2-Net protocol).
+
+Both images of each pair are resized to the setting's exact size (GT homography adapted), each extractor keeps its
+top-k keypoints, matches are mutual nearest neighbours. Per pair: MMA@1..10 px (fraction of matches whose
+reprojection error with the GT homography is <= t), homography accuracy Cor-1/3/5 (mean error of the 4 warped image
+corners of the robustly estimated homography <= t px; a failed estimate counts as wrong), matching score (SuperPoint:
+correct matches / keypoints in the shared region, both directions averaged) and symmetric repeatability at 3 px;
+then averaged over pairs, overall and per i_/v_ split. With --synthetic every output is labelled "synthetic warps of
+<folder>".
+
+Settings (residual-descriptor paper): 240x320_300, 480x640_1000 (H x W _ keypoints).
+"""
+
+RELPOSE_DOC = """Relative-pose benchmark on an RGB-D sequence (7-Scenes / TUM layout).
+
+Frame pairs at the given gaps with enough depth-based covisibility (saved to OUTDIR/relpose_pairs.txt), mutual
+nearest-neighbour matching, essential matrix with RANSAC; pose error = max(rotation angle error, translation
+direction error) in degrees, failures count as infinite; AUC@5/10/20 per gap and overall.
+"""
+
+SPEED_DOC = """Speed benchmark: median extraction time per image (forward pass on a resized tensor) and median mutual
+nearest-neighbour matching time, after a warm-up run, at each image size; the torch thread count is recorded.
+"""
+
+
+def _setup(args):
+    """Threads and the output folder; returns the output folder."""
+    import torch
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output path exists and is not a folder: {out}")
+    return out
+
+
+def _progress(args):
+    return False if args.no_progress else None
+
+
+def _methods(args, common: dict):
+    from ..eval.cache import build_methods, parse_method_overrides
+
+    return build_methods(args.methods, common, parse_method_overrides(args.method_conf, args.methods),
+                         device=args.device)
+
+
+# ------------------------------------------------------------------------------------------------ hpatches
+def run_hpatches(args) -> int:
+    from ..eval import hpatches
+    from ..eval.report import args_to_dict, environment, write_json, write_markdown
+
+    out = _setup(args)
+    size, k = hpatches.resolve_setting(args.setting, args.resize, args.max_keypoints)
+    if args.pairs_per_image is not None and args.pairs_per_image < 1:
+        raise ConfigError(f"--pairs-per-image must be >= 1, got {args.pairs_per_image}")
+    if args.hpatches is not None and any(v is not None for v in (args.pairs_per_image, args.max_images, args.seed)):
+        raise ConfigError("--pairs-per-image, --max-images and --seed apply to --synthetic only")
+    # build everything before any work: bad method names / weights and bad data paths fail first
+    methods = _methods(args, {"max_keypoints": k, "resize": None})
+    if args.hpatches is not None:
+        from ..datasets.hpatches import HPatches
+
+        dataset = HPatches(args.hpatches, sequences=args.sequences, split=args.split,
+                           conf={"resize": list(size)})
+        label = f"HPatches ({args.hpatches.name}: {len(dataset.sequences)} sequence(s), split {args.split})"
+        benchmark = "hpatches"
+        source = {"kind": "hpatches", "label": label, "root": str(args.hpatches.resolve()), "split": args.split,
+                  "sequences": list(dataset.sequences), "dataset_conf": dataset.conf}
+    else:
+        from ..datasets.synthetic import SyntheticHomographyPairs
+
+        if args.sequences is not None or args.split != "all":
+            raise ConfigError("--sequences and --split apply to --hpatches only")
+        dataset = SyntheticHomographyPairs(args.synthetic, {
+            "resize": list(size), "pairs_per_image": args.pairs_per_image or 1, "max_images": args.max_images,
+            "seed": args.seed or 0})
+        label = f"synthetic warps of {args.synthetic}"
+        benchmark = "synthetic"
+        source = {"kind": "synthetic", "label": label, "root": str(args.synthetic.resolve()),
+                  "dataset_conf": dataset.conf, "synthetic": True}
+    conf = {"resize": list(size), "max_keypoints": k, "estimator": args.estimator,
+            "ransac_threshold": args.ransac_threshold}
+    logger.info("%s: %d pairs, methods %s, %dx%d, top %d keypoints", label, len(dataset), ", ".join(methods),
+                size[0], size[1], k)
+    result = hpatches.run_benchmark(dataset, methods, conf, out / "cache", source, progress=_progress(args))
+    result = {"benchmark": benchmark, "title": label, **result, "args": args_to_dict(args),
+              "environment": environment()}
+    write_json(out / f"{benchmark}_results.json", result)
+    md = hpatches.markdown_report(result)
+    write_markdown(out / f"{benchmark}_results.md", md)
+    hpatches.plot_mma(result, out / f"{benchmark}_mma.png")
+    print(md)
+    print(f"results: {out / f'{benchmark}_results.json'} (and .md, {benchmark}_mma.png)")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ relpose
+def run_relpose(args) -> int:
+    from ..datasets.rgbd import RGBDSequence
+    from ..eval import relpose
+    from ..eval.report import args_to_dict, environment, write_json, write_markdown
+
+    out = _setup(args)
+    resize = None
+    if args.resize is not None:
+        if len(args.resize) not in (1, 2) or min(args.resize) < 16:
+            raise ConfigError(f"--resize takes one int (longest side) or H W, each >= 16, got {args.resize}")
+        resize = args.resize[0] if len(args.resize) == 1 else list(args.resize)
+    if args.max_keypoints <= 0:
+        raise ConfigError(f"--max-keypoints must be positive, got {args.max_keypoints}")
+    if not args.gaps or min(args.gaps) < 1:
+        raise ConfigError(f"--gaps must be positive frame gaps, got {args.gaps}")
+    methods = _methods(args, {"max_keypoints": args.max_keypoints, "resize": None})
+    seq_conf = {}
+    if args.focal is not None:
+        if args.focal <= 0:
+            raise ConfigError(f"--focal must be positive, got {args.focal}")
+        seq_conf["focal"] = float(args.focal)
+    sequence = RGBDSequence(args.rgbd, seq_conf)
+    if args.pairs is not None:
+        pairs = sequence.load_pairs(args.pairs)
+    else:
+        kwargs = {"gaps": tuple(args.gaps), "seed": args.seed}
+        if args.min_covisibility is not None:
+            kwargs["min_covisibility"] = args.min_covisibility
+        if args.max_pairs_per_gap is not None:
+            kwargs["max_pairs_per_gap"] = args.max_pairs_per_gap
+        if args.frames is not None:
+            first, last = args.frames
+            if last < first:
+                raise ConfigError(f"--frames FIRST LAST needs FIRST <= LAST, got {first} {last}")
+            kwargs["frame_range"] = (first, last + 1)  # make_pairs' stop is exclusive
+        pairs = sequence.make_pairs(**kwargs)
+    if not pairs:
+        raise InputError(f"no frame pair of {args.rgbd} passes the covisibility test for gaps {args.gaps} "
+                         "(lower --min-covisibility or widen --frames)")
+    out.mkdir(parents=True, exist_ok=True)
+    pairs_file = sequence.save_pairs(out / "relpose_pairs.txt", pairs)
+    f = float(sequence.K[0, 0])
+    intrinsics = (f"fx = fy = {f:g} px ({'--focal' if args.focal is not None else 'dataset default'}), "
+                  f"principal point ({sequence.K[0, 2]:g}, {sequence.K[1, 2]:g})")
+    label = f"{args.rgbd.name} ({len(pairs)} pairs, gaps {' '.join(map(str, sorted({j - i for i, j in pairs})))})"
+    source = {"kind": "rgbd", "label": label, "root": str(args.rgbd.resolve()), "intrinsics": intrinsics,
+              "dataset_conf": getattr(sequence, "conf", seq_conf), "pairs_file": str(pairs_file)}
+    conf = {"resize": resize, "max_keypoints": args.max_keypoints, "estimator": args.estimator,
+            "ransac_threshold": args.ransac_threshold}
+    logger.info("relpose on %s, methods %s", label, ", ".join(methods))
+    result = relpose.run_benchmark(sequence, pairs, methods, conf, out / "cache", source, progress=_progress(args))
+    result = {"benchmark": "relpose", "title": f"Relative pose: {label}", **result, "args": args_to_dict(args),
+              "environment": environment()}
+    write_json(out / "relpose_results.json", result)
+    md = relpose.markdown_report(result)
+    write_markdown(out / "relpose_results.md", md)
+    relpose.plot_cumulative_errors(result, out / "relpose_errors.png")
+    print(md)
+    print(f"results: {out / 'relpose_results.json'} (and .md, relpose_errors.png, relpose_pairs.txt)")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ speed
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"size '{text}' must look like HxW, e.g. 480x640") from None
+    if min(h, w) < 16:
+        raise ConfigError(f"size '{text}' is too small (16 px a side at least)")
+    return h, w
+
+
+def run_speed(args) -> int:
+    from ..eval import speed
+    from ..eval.report import args_to_dict, environment, write_json, write_markdown
+    from ..io.image import read_image
+
+    out = _setup(args)
+    sizes = [_parse_size(s) for s in args.sizes]
+    if args.repeats < 1:
+        raise ConfigError(f"--repeats must be >= 1, got {args.repeats}")
+    methods = _methods(args, {"max_keypoints": args.max_keypoints, "resize": None})
+    if args.image is not None:
+        image, image_label = read_image(args.image), str(args.image)
+    else:
+        from skimage import data as skdata
+
+        image, image_label = skdata.astronaut(), "scikit-image astronaut (512x512)"
+    result = speed.run_benchmark(methods, image, sizes, args.repeats)
+    result = {"benchmark": "speed", "image": image_label, **result, "args": args_to_dict(args),
+              "environment": environment()}
+    write_json(out / "speed_results.json", result)
+    md = speed.markdown_report(result, image_label)
+    write_markdown(out / "speed_results.md", md)
+    print(md)
+    print(f"results: {out / 'speed_results.json'} (and .md)")
+    return 0
