@@ -55,7 +55,7 @@ class Extractor(nn.Module):
     default_conf: dict = {}
     #: 'float' (L2-normalised float vectors) or 'binary' (packed uint8 bits, Hamming distance)
     descriptor_type: str = "float"
-    #: True when the extractor needs RGB input (otherwise RGB is converted to gray before _forward)
+    #: True when the extractor uses colour; every extractor accepts gray or RGB input and converts itself
     needs_rgb: bool = False
     name: str = "extractor"
 

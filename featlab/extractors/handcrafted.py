@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import torch
 
+from ..errors import ConfigError
 from ..io.image import rgb_to_gray
 from ..pixels import from_opencv
 from .base import Extractor, register_extractor, stack_padded, top_k_keypoints
@@ -30,7 +31,16 @@ def rootsift(desc: np.ndarray, eps: float = 1e-8) -> np.ndarray:
 @register_extractor("rootsift-upright", preset={"root": True, "upright": True},
                     summary="RootSIFT with all orientations set to 0 (upright)")
 class SIFT(Extractor):
-    """SIFT keypoints and descriptors (OpenCV)."""
+    """SIFT keypoints and descriptors (OpenCV).
+
+    Pixel convention: OpenCV SIFT detects on a 2x-upsampled image and reports ``kp.pt = 0.5 * u`` for a position
+    ``u`` in upsampled-pixel indices. By default that upsampling is pixel-centre aligned, so index ``u`` lies at
+    OpenCV coordinate ``u / 2 - 0.25``: ``kp.pt`` is 0.25 px right of and below the true location, at every
+    octave. Measured on Gaussian blobs at known sub-pixel centres (octaves -1..1): ``kp.pt + 0.5`` is off by
+    +0.25 px, ``kp.pt + 0.25`` by < 0.01 px. With ``precise_upscale`` (index x -> 2x) the bias is gone and
+    :func:`pixels.from_opencv` applies as is. To hand featlab keypoints back to this OpenCV SIFT (``compute``),
+    use ``to_opencv(p) + opencv_bias``.
+    """
 
     default_conf = {
         "root": False,  # RootSIFT descriptors
@@ -39,12 +49,15 @@ class SIFT(Extractor):
         "contrast_threshold": 0.04,  # OpenCV contrastThreshold (lower -> more keypoints)
         "edge_threshold": 10.0,  # OpenCV edgeThreshold
         "sigma": 1.6,  # OpenCV sigma of the first octave
+        "precise_upscale": False,  # OpenCV enable_precise_upscale: doubled image maps index x to 2x (see class doc)
     }
 
     def _init(self, conf):
         self._sift = cv2.SIFT_create(nfeatures=0, nOctaveLayers=conf.n_octave_layers,
                                      contrastThreshold=conf.contrast_threshold, edgeThreshold=conf.edge_threshold,
-                                     sigma=conf.sigma)
+                                     sigma=conf.sigma, enable_precise_upscale=bool(conf.precise_upscale))
+        #: how far OpenCV's kp.pt lies right of / below the true location, in OpenCV's own pixels (class doc)
+        self.opencv_bias = 0.0 if conf.precise_upscale else 0.25
 
     @property
     def descriptor_dim(self) -> int:
@@ -73,7 +86,7 @@ class SIFT(Extractor):
         if not kps:
             return (np.zeros((0, 2), np.float32), np.zeros(0, np.float32), np.zeros((0, 128), np.float32),
                     np.zeros(0, np.float32), np.zeros(0, np.float32))
-        pts = from_opencv(np.array([kp.pt for kp in kps], dtype=np.float32))
+        pts = from_opencv(np.array([kp.pt for kp in kps], dtype=np.float32) - np.float32(self.opencv_bias))
         scores = np.array([kp.response for kp in kps], dtype=np.float32)
         scales = np.array([kp.size for kp in kps], dtype=np.float32)
         angles = np.array([kp.angle for kp in kps], dtype=np.float32)
@@ -83,6 +96,90 @@ class SIFT(Extractor):
         else:
             desc = desc / (np.linalg.norm(desc, axis=1, keepdims=True) + 1e-8)
         return pts, scores, desc, scales, angles
+
+    def _forward(self, data):
+        items = []
+        for gray in _to_gray_uint8(data["image"]):
+            pts, scores, desc, scales, angles = self.detect_and_describe(gray)
+            kp, sc, de, sz, an = top_k_keypoints(torch.from_numpy(pts), torch.from_numpy(scores),
+                                                 torch.from_numpy(desc), torch.from_numpy(scales),
+                                                 torch.from_numpy(angles), k=self.conf.max_keypoints)
+            items.append({"keypoints": kp, "keypoint_scores": sc, "descriptors": de, "scales": sz,
+                          "oris": an})
+        return {k: v.to(data["image"].device) for k, v in stack_padded(items).items()}
+
+
+@register_extractor("orb", summary="OpenCV ORB, 256-bit binary descriptors (Hamming distance)")
+class ORB(Extractor):
+    """ORB keypoints (oriented FAST, Harris-ranked) and rBRIEF binary descriptors (OpenCV).
+
+    Descriptors are packed bits: uint8 (B, N, 32) for 256 bits, matched with the Hamming distance
+    (``descriptor_type == "binary"``); they are not L2-normalised float vectors.
+
+    Pixel convention: OpenCV reports a keypoint found on pyramid level ``o`` at ``p * s`` with ``p`` its integer
+    pixel index in the level image and ``s = scale_factor ** o``. The level image is a pixel-centre-aligned resize
+    of the image to ``round(W / s) x round(H / s)``, so the centre of its pixel ``p`` lies at
+    ``(p + 0.5) * (W / round(W / s), H / round(H / s))`` in featlab pixels, not at ``kp.pt + 0.5`` (up to ~1.5 px
+    apart on level 7). Checked on an image and its mirror image: per level, x + x_mirror - W has median 0 with this
+    mapping and grows with the level (to -2.5 px) with ``kp.pt + 0.5``. Level 0 reduces to
+    :func:`pixels.from_opencv`.
+    """
+
+    descriptor_type = "binary"
+    default_conf = {
+        "scale_factor": 1.2,  # OpenCV scaleFactor: ratio between pyramid levels (> 1)
+        "n_levels": 8,  # OpenCV nlevels: number of pyramid levels
+        "fast_threshold": 20,  # OpenCV fastThreshold: FAST intensity threshold (lower -> more keypoints)
+        "edge_threshold": 31,  # OpenCV edgeThreshold: border (px) without keypoints; keep >= patch_size
+        "patch_size": 31,  # OpenCV patchSize: side of the oriented BRIEF patch at level 0
+        "n_features": 100000,  # OpenCV nfeatures: detection budget spread over the levels (Harris-ranked per
+        # level) before the global top max_keypoints by Harris response are described
+    }
+
+    def _init(self, conf):
+        if conf.scale_factor <= 1.0:
+            raise ConfigError(f"orb.scale_factor must be > 1, got {conf.scale_factor}")
+        if conf.n_levels < 1:
+            raise ConfigError(f"orb.n_levels must be >= 1, got {conf.n_levels}")
+        if conf.n_features < 1:
+            raise ConfigError(f"orb.n_features must be >= 1, got {conf.n_features}")
+        self._orb = cv2.ORB_create(nfeatures=int(conf.n_features), scaleFactor=float(conf.scale_factor),
+                                   nlevels=int(conf.n_levels), edgeThreshold=int(conf.edge_threshold),
+                                   firstLevel=0, WTA_K=2, scoreType=cv2.ORB_HARRIS_SCORE,
+                                   patchSize=int(conf.patch_size), fastThreshold=int(conf.fast_threshold))
+
+    @property
+    def descriptor_dim(self) -> int:
+        """Number of bits (the descriptors hold ``descriptor_dim // 8`` bytes)."""
+        return 256
+
+    def detect_and_describe(self, gray: np.ndarray):
+        """One uint8 gray image -> (keypoints (N, 2) featlab px, scores (N,), descriptors uint8 (N, 32),
+        scales (N,) (OpenCV ``kp.size``: patch diameter in image pixels, as SIFT), orientations (N,) in degrees)."""
+        empty = (np.zeros((0, 2), np.float32), np.zeros(0, np.float32), np.zeros((0, 32), np.uint8),
+                 np.zeros(0, np.float32), np.zeros(0, np.float32))
+        kps = self._orb.detect(gray, None)
+        # top-k before describing (as SIFT): ORB's own budget is split per level, the ranking here is global
+        k = self.conf.max_keypoints
+        if k is not None and k >= 0 and len(kps) > k:
+            kps = sorted(kps, key=lambda p: -p.response)[:k]
+        if kps:
+            kps, desc = self._orb.compute(gray, kps)
+        if not kps or desc is None:
+            return empty
+        octaves = np.array([kp.octave for kp in kps], dtype=np.float64)
+        scales = np.power(float(self.conf.scale_factor), octaves)
+        pts_cv = np.array([kp.pt for kp in kps], dtype=np.float64)
+        # OpenCV gives p * s for the integer index p in level o, whose size is round((W, H) / s): convert in the
+        # level's own pixels, then scale by the level's true size ratio (both span the image, pixels.scale_points)
+        h, w = gray.shape[:2]
+        level_wh = np.rint(np.array([w, h], dtype=np.float64)[None] / scales[:, None])
+        pts = from_opencv(np.rint(pts_cv / scales[:, None])) * (np.array([w, h])[None] / level_wh)
+        pts = pts.astype(np.float32)
+        sizes = np.array([kp.size for kp in kps], dtype=np.float32)
+        scores = np.array([kp.response for kp in kps], dtype=np.float32)
+        angles = np.array([kp.angle for kp in kps], dtype=np.float32)
+        return pts, scores, np.ascontiguousarray(desc, dtype=np.uint8), sizes, angles
 
     def _forward(self, data):
         items = []
