@@ -1,0 +1,3 @@
+"""Network building blocks shared by the learned extractors."""
+from .mlp import MLP  # noqa: F401
+from .superpoint import TrimmedSuperPoint, pad_to_multiple  # noqa: F401
