@@ -300,6 +300,10 @@ class RGBDSequence:
             raise IndexError(f"frame index {i} out of range for {n} frames")
         return int(i) % n
 
+    def load_image(self, i: int):
+        """The colour image of frame i only (uint8 RGB), without decoding its depth map."""
+        return read_image(self._color_paths[self._check_index(i)])
+
     def load_frame(self, i: int) -> dict:
         """Frame i.
 
