@@ -53,8 +53,10 @@ default_conf = {
     "device": "auto",  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
     "dtype": "auto",  # auto | float32 | bfloat16 (autocast for the CNN; losses and geometry stay float32);
     #                   auto: bfloat16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else float32
-    "channels_last": "auto",  # true | false | auto (= true with bfloat16): channels_last memory format for the
-    #                           CNN; with float32 on an AVX2 CPU it slows the backward pass (measured 1.6x)
+    "channels_last": None,  # true | false | null (auto: true with bfloat16): channels_last memory format for the
+    #                         CNN; with float32 on an AVX2 CPU it slows the backward pass (measured 1.6x)
+    "lr_decay_every": None,  # step decay: multiply the lr by lr_decay_factor every this many steps; null: constant
+    "lr_decay_factor": 0.5,
     "num_threads": None,  # torch intra-op threads; null: torch's default
     "progress": True,  # tqdm progress bar
 }
@@ -225,7 +227,7 @@ def train(task: TrainingTask, conf, run_dir: str | Path, resume: bool = False, f
     """
     conf = resolve_conf(default_conf, conf, "train")
     device, dtype = resolve_device_dtype(str(conf.device), str(conf.dtype))
-    channels_last = dtype == "bfloat16" if conf.channels_last == "auto" else bool(conf.channels_last)
+    channels_last = dtype == "bfloat16" if conf.channels_last in (None, "auto") else bool(conf.channels_last)
     for key in ("log_every", "val_every", "checkpoint_every"):
         if int(conf[key]) < 1:
             raise ConfigError(f"train.{key} must be >= 1, got {conf[key]}")
@@ -324,6 +326,9 @@ def train(task: TrainingTask, conf, run_dir: str | Path, resume: bool = False, f
                 loss.backward()
                 if conf.grad_clip:
                     metrics = {**metrics, "grad_norm": torch.nn.utils.clip_grad_norm_(params, conf.grad_clip)}
+                if conf.lr_decay_every:  # a function of the step, so resuming needs no scheduler state
+                    for group in optimizer.param_groups:
+                        group["lr"] = float(conf.lr) * float(conf.lr_decay_factor) ** (step // int(conf.lr_decay_every))
                 optimizer.step()
             step += 1
             dt = time.perf_counter() - t0

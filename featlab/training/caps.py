@@ -1,0 +1,459 @@
+"""Training task of CAPS: descriptors from camera poses only (see :mod:`featlab.losses.caps`, RECIPES section 2).
+
+Data: any *posed-pair dataset*, an object with ``__len__`` and ``__getitem__(k) -> {"image0", "image1"`` uint8 RGB
+(H, W, 3), ``"K0", "K1"`` (3, 3) featlab pixels, ``"T_0to1"`` (4, 4) with ``x_cam1 = T_0to1 x_cam0``}``; no
+depth and no pixel correspondences are used. Pair selection (overlap, rotation) is the dataset's job;
+:class:`RGBDPairs` adapts an RGB-D sequence (:class:`featlab.datasets.rgbd.RGBDSequence`, 7-Scenes / TUM layout)
+with depth-checked covisible pairs of given frame gaps and a relative-rotation bound, and is what ``featlab train
+caps --data DIR`` builds. Other collections plug in through :class:`CAPSTask` ``(conf, train_pairs, val_pairs)``.
+
+Sample ``i`` of the training stream (step s, batch slot b: i = s * batch_size + b) takes its pair from a per-epoch
+permutation seeded by ``(seed, epoch)`` and draws all its randomness from ``numpy.random.default_rng([seed, i])``,
+so a resumed run sees the batches an uninterrupted one would, with any number of data workers. Each sample:
+
+- both images resized to ``data.image_size`` ([H, W]); intrinsics scaled by the same factors
+  (``K' = diag(sx, sy, 1) K``, exact in featlab's pixel convention);
+- colour jitter, independently per image (:func:`featlab.datasets.homographies.photometric_augment`);
+- ``data.num_queries`` query points per image: a fraction ``data.sift_fraction`` drawn among OpenCV SIFT keypoints
+  of that image (distinct locations), the rest (and any shortfall) uniform over the image.
+
+Step: both images of every pair go through the network in one batch; :class:`featlab.losses.caps.CAPSLoss` gives
+the coarse/fine epipolar losses and the cycle terms (both directions: queries of image 0 and of image 1).
+
+Validation (a fixed set of held-out posed pairs, resized like the training data): SIFT keypoints (OpenCV,
+``val.max_keypoints``) described with CAPS (:func:`featlab.extractors.caps.sample_descriptors`), mutual nearest
+neighbours, :func:`featlab.geometry.robust.estimate_relative_pose`; ``auc@5/10/20`` of max(rotation, translation
+direction) error, the same for SIFT's own descriptors as a baseline (``sift_auc@...``, computed once), and the
+epipolar error (pixels at the training resolution) of the coarse and fine predictions of the SIFT keypoints of image
+0 (``coarse_error``/``fine_error``: mean, ``*_median``: median).
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..conf import deep_update, resolve_conf, to_container
+from ..datasets import homographies
+from ..datasets import rgbd as rgbd_module
+from ..errors import ConfigError, FeatlabError, InputError
+from ..geometry.epipolar import fundamental_from_pose
+from ..extractors.caps import (WEIGHTS_DIR, load_caps_weights, sample_descriptors, save_caps_weights,
+                               sidecar_path)
+from ..io.image import image_to_tensor
+from ..losses.caps import CAPSLoss, epipolar_errors, epipolar_line_valid, match_coarse_to_fine, normalize_maps
+from ..losses.caps import default_conf as loss_default_conf
+from ..nn.resunet import ResUNet, map_extent
+from ..nn.resunet import default_conf as model_default_conf
+from ..pixels import from_opencv
+from . import loop
+
+#: the experiment config used when --config is not given
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "caps.yaml"
+SUMMARY = "CAPS descriptors (ResNet U-Net) supervised by relative camera poses only (epipolar loss)"
+
+default_conf = {
+    "model": model_default_conf,  # network, see featlab.nn.resunet
+    "data": {
+        "root": None,  # RGB-D sequence folder (7-Scenes or TUM layout; CLI --data)
+        "rgbd": rgbd_module.default_conf,  # sequence reader settings (intrinsics choice: configs/caps.yaml sets
+        # focal 525, which fits 7-Scenes' colour images better than the file's 585, see featlab.datasets.rgbd)
+        "frame_range": [0, 400],  # [start, stop) frames used for training pairs
+        "gaps": [20],  # frame gaps of the training pairs
+        "min_covisibility": 0.3,  # depth-checked overlap of a pair (used only to select pairs)
+        "max_pairs_per_gap": None,  # cap on pairs per gap; null: every candidate that passes
+        "max_rotation": 80.0,  # degrees; pairs with a larger relative rotation are dropped
+        "image_size": [240, 320],  # [H, W] both images are resized to (K scaled accordingly)
+        "batch_size": 2,  # pairs per step
+        "num_workers": 1,  # DataLoader worker processes (0: load in the training process)
+        "num_queries": 500,  # query points per image
+        "sift_fraction": 0.9,  # fraction of the queries drawn among SIFT keypoints (rest uniform)
+        "photometric": deep_update(homographies.photometric_default_conf, {"noise": {"prob": 0.0}}),  # colour
+        # jitter per image, see featlab.datasets.homographies (no pixel noise by default: CAPS uses colour jitter)
+    },
+    "val": {
+        "root": None,  # sequence of the validation pairs; null: data.root
+        "frame_range": [400, 500],  # held-out frames
+        "gaps": [20],  # frame gaps of the validation pairs
+        "min_covisibility": 0.3,
+        "num_pairs": 10,  # pairs kept (evenly spaced over the candidates)
+        "max_keypoints": 1024,  # SIFT keypoints per image
+        "method": "opencv",  # relative-pose solver: opencv | ransac | poselib (featlab.geometry.robust)
+        "threshold": 1.0,  # px (at data.image_size), RANSAC inlier threshold
+    },
+    "loss": loss_default_conf,  # see featlab.losses.caps
+    "train": deep_update(loop.default_conf, {"lr": 1e-4, "best_metric": "auc@10", "max_steps": 20000}),
+}
+
+
+# --------------------------------------------------------------------------------------------------- data
+def resize_with_intrinsics(image: np.ndarray, K: np.ndarray, size) -> tuple[np.ndarray, np.ndarray]:
+    """Resize an (H, W, 3) image to ``size`` = (h, w) and scale K to match: ``K' = diag(w / W, h / H, 1) K``."""
+    h, w = int(size[0]), int(size[1])
+    H, W = image.shape[:2]
+    K = np.asarray(K, np.float64)
+    if (H, W) == (h, w):
+        return image, K.copy()
+    interp = cv2.INTER_AREA if h * w < H * W else cv2.INTER_LINEAR
+    out = cv2.resize(image, (w, h), interpolation=interp)
+    return out, np.diag([w / W, h / H, 1.0]) @ K
+
+
+def sift_locations(detector, image: np.ndarray) -> np.ndarray:
+    """Distinct SIFT keypoint locations (M, 2) in featlab pixels of a uint8 RGB image, strongest first."""
+    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    kps = detector.detect(gray, None)
+    if not kps:
+        return np.zeros((0, 2), np.float32)
+    kps = sorted(kps, key=lambda k: -k.response)
+    pts = np.array([k.pt for k in kps], np.float32)
+    _, first = np.unique(np.round(pts, 2), axis=0, return_index=True)
+    return from_opencv(pts[np.sort(first)])
+
+
+def sample_queries(rng: np.random.Generator, candidates: np.ndarray, num: int, fraction: float,
+                   image_size) -> np.ndarray:
+    """``num`` query points: up to ``round(fraction * num)`` drawn without replacement from ``candidates`` (M, 2),
+    the rest uniform over the image of size (H, W). Returns float32 (num, 2) featlab pixels."""
+    h, w = image_size
+    k = min(len(candidates), int(round(fraction * num)))
+    chosen = candidates[rng.choice(len(candidates), size=k, replace=False)] if k else np.zeros((0, 2), np.float32)
+    uniform = rng.uniform(0.0, 1.0, size=(num - k, 2)) * np.array([w, h])
+    return np.concatenate([chosen, uniform], 0).astype(np.float32)
+
+
+def rotation_angle_deg(T: np.ndarray) -> float:
+    R = np.asarray(T, np.float64)[:3, :3]
+    return float(np.degrees(np.arccos(np.clip((np.trace(R) - 1.0) / 2.0, -1.0, 1.0))))
+
+
+class RGBDPairs:
+    """Posed pairs of an RGB-D sequence: depth-checked covisible frame pairs at given gaps, rotation-bounded.
+
+    Items: ``{"name", "image0", "image1", "K0", "K1", "T_0to1"}`` (depth is not passed on: CAPS trains on poses).
+    """
+
+    def __init__(self, root, rgbd_conf, frame_range, gaps, min_covisibility: float = 0.3,
+                 max_pairs_per_gap: int | None = None, max_rotation: float = 180.0, num_pairs: int | None = None,
+                 seed: int = 0):
+        self.sequence = rgbd_module.RGBDSequence(root, rgbd_conf)
+        pairs = self.sequence.make_pairs(gaps=tuple(gaps), min_covisibility=min_covisibility,
+                                         max_pairs_per_gap=max_pairs_per_gap, frame_range=tuple(frame_range),
+                                         seed=seed)
+        pairs = [p for p in pairs if rotation_angle_deg(self.sequence.relative_pose(*p)) <= max_rotation]
+        if num_pairs is not None and len(pairs) > num_pairs:
+            pairs = [pairs[int(k)] for k in np.linspace(0, len(pairs) - 1, int(num_pairs)).round()]
+        if not pairs:
+            raise InputError(f"no image pairs in {root} for frames {list(frame_range)}, gaps {list(gaps)} with "
+                             f"covisibility >= {min_covisibility} and rotation <= {max_rotation} deg")
+        self.pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, k: int) -> dict:
+        i, j = self.pairs[k]
+        seq = self.sequence
+        f0, f1 = seq.load_frame(i), seq.load_frame(j)
+        return {"name": f"{seq.name}/{f0['name']}_{f1['name']}", "image0": f0["image"], "image1": f1["image"],
+                "K0": f0["K"], "K1": f1["K"], "T_0to1": rgbd_module.relative_pose(f0["T_c2w"], f1["T_c2w"])}
+
+
+class PosedPairStream(Dataset):
+    """Training samples by global index ``i`` (unbounded) from a posed-pair dataset (see the module docstring).
+
+    Item (fixed shapes, stacked by the default collate; N = data.num_queries)::
+
+        image0, image1    float32 (3, H, W) in [0, 1], colour-jittered
+        K0, K1            float32 (3, 3) featlab pixels of the resized images
+        T_0to1            float32 (4, 4)
+        points0, points1  float32 (N, 2) query points (featlab pixels) of image 0 / image 1
+    """
+
+    def __init__(self, pairs, data_conf, seed: int):
+        if len(pairs) == 0:
+            raise InputError("the posed-pair training dataset is empty")
+        self.pairs = pairs
+        self.size = tuple(int(v) for v in data_conf.image_size)
+        self.num_queries = int(data_conf.num_queries)
+        self.sift_fraction = float(data_conf.sift_fraction)
+        self.photometric = to_container(data_conf.photometric)
+        self.seed = int(seed)
+        self._sift = None  # OpenCV objects are built inside each worker process
+        self._perm_epoch, self._perm = None, None
+
+    def __len__(self) -> int:  # nominal: indices are global sample numbers
+        return len(self.pairs)
+
+    @property
+    def sift(self):
+        if self._sift is None:
+            self._sift = cv2.SIFT_create()
+        return self._sift
+
+    def pair_of(self, index: int) -> int:
+        n = len(self.pairs)
+        epoch = index // n
+        if self._perm_epoch != epoch:
+            self._perm = np.random.default_rng([self.seed, epoch, 1]).permutation(n)
+            self._perm_epoch = epoch
+        return int(self._perm[index % n])
+
+    def __getitem__(self, index: int) -> dict:
+        rng = np.random.default_rng([self.seed, int(index)])
+        item = self.pairs[self.pair_of(int(index))]
+        out = {"T_0to1": np.asarray(item["T_0to1"], np.float32)}
+        for k in ("0", "1"):
+            image, K = resize_with_intrinsics(item[f"image{k}"], item[f"K{k}"], self.size)
+            image = homographies.photometric_augment(rng, image, self.photometric)
+            out[f"image{k}"] = image_to_tensor(image)[0]
+            out[f"K{k}"] = K.astype(np.float32)
+            out[f"points{k}"] = sample_queries(rng, sift_locations(self.sift, image), self.num_queries,
+                                               self.sift_fraction, self.size)
+        return out
+
+
+class _FromIndex(torch.utils.data.Sampler):
+    """Global sample indices start, start+1, ... (endless)."""
+
+    def __init__(self, start: int):
+        self.start = start
+
+    def __iter__(self):
+        i = self.start
+        while True:
+            yield i
+            i += 1
+
+
+def _worker_init(_):
+    # not cv2.setNumThreads: in a forked worker it can wait forever on the parent's thread-pool condition variables
+    # (pthread_cond_destroy with waiters that do not exist in the child), observed with OpenCV 5 after the parent
+    # ran OpenCV in parallel (validation)
+    torch.set_num_threads(1)
+
+
+# ------------------------------------------------------------------------------------------------------ task
+class CAPSTask(loop.TrainingTask):
+    """Data, loss and validation of CAPS for :func:`featlab.training.loop.train`.
+
+    Args:
+        conf: the experiment config (:data:`default_conf`).
+        train_pairs: a posed-pair dataset for training; None: built from ``conf.data`` (:class:`RGBDPairs`).
+        val_pairs: a posed-pair dataset for validation (all its items are used); None: built from ``conf.val``
+            when a sequence is configured, else no validation.
+    """
+
+    def __init__(self, conf, train_pairs=None, val_pairs=None):
+        self.conf = conf = resolve_conf(default_conf, conf, "")
+        d = conf.data
+        if len(d.image_size) != 2 or any(int(v) < 32 or int(v) % 16 for v in d.image_size):
+            raise ConfigError(f"data.image_size must be [H, W], multiples of 16 and >= 32, got {list(d.image_size)}")
+        if int(d.batch_size) < 1 or int(d.num_queries) < 1 or int(d.num_workers) < 0:
+            raise ConfigError("data.batch_size and data.num_queries must be >= 1, data.num_workers >= 0")
+        if not 0.0 <= float(d.sift_fraction) <= 1.0:
+            raise ConfigError(f"data.sift_fraction must be in [0, 1], got {d.sift_fraction}")
+        self.model = ResUNet(conf.model)
+        self.loss_fn = CAPSLoss(conf.loss)
+        if train_pairs is None:
+            train_pairs = RGBDPairs(d.root, d.rgbd, d.frame_range, d.gaps, d.min_covisibility, d.max_pairs_per_gap,
+                                    d.max_rotation, seed=int(conf.train.seed))
+        self.dataset = PosedPairStream(train_pairs, d, seed=int(conf.train.seed))
+        if val_pairs is None and (conf.val.root or d.root) and int(conf.val.num_pairs) > 0:
+            v = conf.val
+            val_pairs = RGBDPairs(v.root or d.root, d.rgbd, v.frame_range, v.gaps, v.min_covisibility, None,
+                                  d.max_rotation, num_pairs=int(v.num_pairs))
+        self.val_pairs = self._prepare_val(val_pairs) if val_pairs is not None else []
+        self._sift_baseline = None
+        self.channels_last = False
+
+    # ------------------------------------------------------------------------------------------------ data
+    def batches(self, start_step: int) -> Iterator[dict]:
+        b = int(self.conf.data.batch_size)
+        workers = int(self.conf.data.num_workers)
+        loader = DataLoader(self.dataset, batch_size=b, sampler=_FromIndex(start_step * b), num_workers=workers,
+                            worker_init_fn=_worker_init if workers else None, prefetch_factor=2 if workers else None,
+                            persistent_workers=False)
+        it = iter(loader)
+        try:
+            while True:
+                try:
+                    yield next(it)
+                except FeatlabError as e:  # re-raised from a worker with its traceback: keep the message line
+                    lines = [ln for ln in str(e).splitlines() if ln.strip()]
+                    raise type(e)(lines[-1].split(": ", 1)[-1] if len(lines) > 1 else str(e)) from None
+        finally:
+            del it
+
+    def _prepare_val(self, pairs) -> list[dict]:
+        from ..extractors import build_extractor
+
+        sift = build_extractor("sift", {"max_keypoints": int(self.conf.val.max_keypoints)})
+        size = tuple(int(v) for v in self.conf.data.image_size)
+        out = []
+        for k in range(len(pairs)):
+            item = pairs[k]
+            entry = {"name": item.get("name", str(k)), "T_0to1": np.asarray(item["T_0to1"], np.float64)}
+            images = []
+            for s in ("0", "1"):
+                image, K = resize_with_intrinsics(item[f"image{s}"], item[f"K{s}"], size)
+                t = image_to_tensor(image)
+                with torch.no_grad():
+                    pred = sift({"image": t})
+                entry[f"K{s}"] = K
+                entry[f"keypoints{s}"] = pred["keypoints"][0].float()
+                entry[f"sift_descriptors{s}"] = pred["descriptors"][0].float()
+                images.append(t[0])
+            entry["image"] = torch.stack(images)
+            out.append(entry)
+        return out
+
+    # ------------------------------------------------------------------------------------------------ steps
+    def set_compute(self, dtype: str, channels_last: bool) -> None:
+        self.channels_last = bool(channels_last)
+        self.model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+    def _maps(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.model(images)
+
+    def training_step(self, batch: dict, step: int):
+        b = batch["image0"].shape[0]
+        maps = self._maps(torch.cat([batch["image0"], batch["image1"]]))
+        pred = {"coarse0": maps["coarse"][:b], "coarse1": maps["coarse"][b:],
+                "fine0": maps["fine"][:b], "fine1": maps["fine"][b:]}
+        losses, metrics = self.loss_fn(pred, batch)
+        terms = {f"loss_{k}": v.detach() for k, v in losses.items() if k != "total"}
+        return losses["total"], {**terms, **metrics}
+
+    def _pose_errors(self, desc_fn) -> list[float]:
+        """max(rotation, translation-direction) error (deg) per validation pair; ``desc_fn(k, pair) -> (d0, d1)``."""
+        from ..geometry.pose import relative_pose_error
+        from ..geometry.robust import estimate_relative_pose
+        from ..matching import match_descriptors
+
+        errors = []
+        for k, p in enumerate(self.val_pairs):
+            d0, d1 = desc_fn(k, p)
+            kp0, kp1 = p["keypoints0"].numpy(), p["keypoints1"].numpy()
+            if len(kp0) == 0 or len(kp1) == 0:
+                errors.append(float("inf"))
+                continue
+            m0, _ = match_descriptors(d0.float().cpu(), d1.float().cpu(), mutual=True)
+            m0 = m0.numpy()
+            ok = m0 >= 0
+            R, t, _ = estimate_relative_pose(kp0[ok].astype(np.float64), kp1[m0[ok]].astype(np.float64), p["K0"],
+                                             p["K1"], method=self.conf.val.method,
+                                             threshold=float(self.conf.val.threshold))
+            errors.append(max(relative_pose_error(p["T_0to1"], R, t)))
+        return errors
+
+    def validate(self) -> dict[str, float]:
+        from ..geometry.pose import pose_auc
+
+        if not self.val_pairs:
+            return {}
+        thresholds = (5, 10, 20)
+        if self._sift_baseline is None:
+            errs = self._pose_errors(lambda k, p: (p["sift_descriptors0"], p["sift_descriptors1"]))
+            self._sift_baseline = {f"sift_auc@{t}": a for t, a in zip(thresholds, pose_auc(errs, thresholds))}
+        size = tuple(int(v) for v in self.conf.data.image_size)
+        extent = map_extent(*size)
+        device = next(self.model.parameters()).device
+        lc = self.loss_fn.conf
+        cache, coarse_err, fine_err = {}, [], []
+        for k, p in enumerate(self.val_pairs):
+            maps = {key: v.float() for key, v in self._maps(p["image"].to(device)).items()}
+            kp = [p["keypoints0"].to(device), p["keypoints1"].to(device)]
+            cache[k] = [sample_descriptors({key: v[s:s + 1] for key, v in maps.items()}, kp[s][None], size)[0]
+                        for s in (0, 1)]
+            if len(kp[0]) == 0 or len(kp[1]) == 0:
+                continue
+            norm = normalize_maps(maps)
+            res = match_coarse_to_fine(kp[0][None], {key: v[:1] for key, v in norm.items()},
+                                       {key: v[1:] for key, v in norm.items()}, extent, extent,
+                                       temperature=lc.temperature, window_size=lc.window_size,
+                                       chunk_size=lc.chunk_size)
+            K0, K1, T = (torch.as_tensor(p[key], dtype=torch.float32, device=device)[None]
+                         for key in ("K0", "K1", "T_0to1"))
+            F01 = fundamental_from_pose(K0, K1, T)
+            valid = epipolar_line_valid(kp[0][None], F01, size)[0]
+            coarse_err.append(epipolar_errors(kp[0][None], res["coarse_points"], F01)[0][valid].cpu())
+            fine_err.append(epipolar_errors(kp[0][None], res["fine_points"], F01)[0][valid].cpu())
+        errs = self._pose_errors(lambda k, p: cache[k])
+        out = {f"auc@{t}": a for t, a in zip(thresholds, pose_auc(errs, thresholds))}
+        ce = torch.cat(coarse_err) if coarse_err else torch.zeros(0)
+        fe = torch.cat(fine_err) if fine_err else torch.zeros(0)
+        for name, e in (("coarse_error", ce), ("fine_error", fe)):
+            out[name] = float(e.mean()) if len(e) else float("nan")
+            out[f"{name}_median"] = float(e.median()) if len(e) else float("nan")
+        return {**out, **self._sift_baseline}
+
+    def save_weights(self, path: Path, info: dict) -> Path:
+        return save_caps_weights(self.model, path, extra={"training": info,
+                                                          "image_size": list(self.conf.data.image_size)})
+
+
+# ------------------------------------------------------------------------------------------------ CLI hooks
+def add_arguments(parser) -> None:
+    """Data arguments of ``featlab train caps`` (the common ones are added by featlab.commands.train)."""
+    parser.add_argument("--data", type=Path, default=None, metavar="DIR",
+                        help="posed RGB-D sequence (7-Scenes or TUM layout) for training pairs (sets data.root)")
+    parser.add_argument("--val-data", type=Path, default=None, metavar="DIR",
+                        help="sequence for validation pairs (sets val.root; default: --data, frames val.frame_range)")
+
+
+def apply_arguments(user: dict, args) -> dict:
+    """Write the data arguments into the user config (before resolution)."""
+    if args.data:
+        user.setdefault("data", {})["root"] = str(args.data)
+    if args.val_data:
+        user.setdefault("val", {})["root"] = str(args.val_data)
+    return user
+
+
+def check_conf(conf) -> None:
+    if not conf.data.root:
+        raise ConfigError("no training data: pass --data SEQUENCE_DIR (or set data.root in the config)")
+
+
+def _check_name(name: str) -> None:
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise ConfigError(f"export name must be a plain file stem such as caps-resnet18, got {name!r}")
+
+
+def check_export(conf, name: str) -> None:
+    _check_name(name)
+
+
+def build_task(conf) -> CAPSTask:
+    return CAPSTask(conf)
+
+
+def export_weights(run_dir: str | Path, name: str, which: str = "best") -> Path:
+    """Copy ``RUN_DIR/<which>.safetensors`` (+ sidecar) to ``featlab/weights/<name>.safetensors`` (+ sidecar).
+
+    Raises:
+        InputError: the run has no such weights, or they cannot be loaded.
+        ConfigError: a bad name.
+    """
+    from ..io.atomic import atomic_path
+
+    _check_name(name)
+    src = Path(run_dir) / f"{which}.safetensors"
+    load_caps_weights(src)  # validates the pair of files
+    dst = WEIGHTS_DIR / f"{name}.safetensors"
+    for s, d in ((src, dst), (sidecar_path(src), sidecar_path(dst))):
+        with atomic_path(d) as tmp:
+            shutil.copyfile(s, tmp)
+    return dst
+
+
+__all__ = ["default_conf", "CAPSTask", "PosedPairStream", "RGBDPairs", "resize_with_intrinsics", "sample_queries",
+           "export_weights"]
