@@ -18,7 +18,6 @@ autocast in channels_last memory format (much faster on CPU); descriptors are fl
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 
 from ..conf import to_container
 from ..errors import ConfigError, InputError
-from ..io.atomic import atomic_path, atomic_write_text
+from ..io.weights import load_state_strict, load_weights, save_weights, sidecar_path  # noqa: F401
 from ..nn.resunet import ResUNet, map_extent
 from ..pixels import sample_map
 from .base import Extractor, build_extractor, register_extractor
@@ -40,11 +39,6 @@ TRAIN_HINT = ("featlab train caps --data SEQUENCE_DIR -o runs/caps-resnet18 --ex
 
 
 # ------------------------------------------------------------------------------------------------ weights I/O
-def sidecar_path(weights_path: str | Path) -> Path:
-    """The JSON sidecar of a weights file: same stem, ``.json``."""
-    return Path(weights_path).with_suffix(".json")
-
-
 def resolve_weights_path(weights: str | Path) -> Path:
     """A ``.safetensors`` path, or the bare name of a file shipped in ``featlab/weights/``."""
     p = Path(weights)
@@ -55,16 +49,7 @@ def resolve_weights_path(weights: str | Path) -> Path:
 
 def save_caps_weights(net: ResUNet, path: str | Path, extra: dict | None = None) -> Path:
     """Write the network's weights (safetensors) and its JSON sidecar (network config + ``extra``), atomically."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    state = {k: v.detach().float().cpu().contiguous() if v.is_floating_point() else v.detach().cpu().contiguous()
-             for k, v in net.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"format": FORMAT})
-    meta = {"format": FORMAT, "model": to_container(dict(net.conf)), **(extra or {})}
-    atomic_write_text(sidecar_path(path), json.dumps(meta, indent=2, default=float))
-    return path
+    return save_weights(net, path, {"format": FORMAT, "model": to_container(dict(net.conf)), **(extra or {})})
 
 
 def load_caps_weights(path: str | Path) -> tuple[ResUNet, dict]:
@@ -73,31 +58,12 @@ def load_caps_weights(path: str | Path) -> tuple[ResUNet, dict]:
     Raises:
         InputError: missing or corrupt weights or sidecar, or weights that do not fit the sidecar's network.
     """
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    side = sidecar_path(path)
-    if not path.is_file():
-        raise InputError(f"CAPS weights not found: {path}; train them with `{TRAIN_HINT}`")
-    if not side.is_file():
-        raise InputError(f"CAPS weights {path} have no config sidecar {side.name} beside them")
-    try:
-        meta = json.loads(side.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise InputError(f"cannot read the weights sidecar {side}: {e}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("model"), dict):
-        raise InputError(f"{side} is not a featlab CAPS sidecar (format {FORMAT})")
-    try:
-        state = load_file(str(path))
-    except Exception as e:  # noqa: BLE001 - safetensors raises several kinds of errors on corrupt files
-        raise InputError(f"cannot read weights file {path}: {e}") from None
+    state, meta = load_weights(path, FORMAT, "CAPS weights", f"train them with `{TRAIN_HINT}`")
     try:
         net = ResUNet(meta["model"])
-        net.load_state_dict(state, strict=True)
-    except (RuntimeError, ValueError, TypeError) as e:
-        raise InputError(f"weights {path} do not fit the network in {side.name}: {str(e).splitlines()[0]}") \
-            from None
-    return net.eval(), meta
+    except (ValueError, TypeError) as e:
+        raise InputError(f"{sidecar_path(path)} describes no valid network: {e}") from None
+    return load_state_strict(net, state, path), meta
 
 
 # ------------------------------------------------------------------------------------------------ descriptors

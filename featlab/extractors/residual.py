@@ -26,7 +26,6 @@ are float32 either way) or ``onnx`` (the network exported with :func:`export_onn
 """
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
@@ -36,7 +35,8 @@ from torch import nn
 
 from ..conf import resolve_conf, to_container
 from ..errors import ConfigError, InputError
-from ..io.atomic import atomic_path, atomic_write_text
+from ..io.atomic import atomic_path
+from ..io.weights import load_state_strict, load_weights, save_weights, sidecar_path  # noqa: F401
 from ..nn import MLP, TrimmedSuperPoint, pad_to_multiple
 from ..pixels import sample_map
 from .base import Extractor, build_extractor, register_extractor
@@ -158,10 +158,6 @@ class ResidualDescriptorNet(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------ weights I/O
-def sidecar_path(weights_path: str | Path) -> Path:
-    return Path(weights_path).with_suffix(".json")
-
-
 def save_residual_weights(net: ResidualDescriptorNet, path: str | Path, handcrafted: dict,
                           extra: dict | None = None) -> Path:
     """Write ``net``'s weights (safetensors) and the JSON sidecar, both atomically.
@@ -172,15 +168,8 @@ def save_residual_weights(net: ResidualDescriptorNet, path: str | Path, handcraf
         handcrafted: ``{"name": g's registered name, "conf": g's config (dict)}`` used in training.
         extra: anything else to record (training step, validation metrics...).
     """
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"format": FORMAT})
-    meta = {"format": FORMAT, "model": to_container(net.conf), "handcrafted": handcrafted, **(extra or {})}
-    atomic_write_text(sidecar_path(path), json.dumps(meta, indent=2, default=float))
-    return path
+    return save_weights(net, path, {"format": FORMAT, "model": to_container(net.conf), "handcrafted": handcrafted,
+                                    **(extra or {})})
 
 
 def load_residual_weights(path: str | Path) -> tuple[ResidualDescriptorNet, dict]:
@@ -189,30 +178,8 @@ def load_residual_weights(path: str | Path) -> tuple[ResidualDescriptorNet, dict
     Raises:
         InputError: missing/corrupt file or sidecar, or weights that do not fit the sidecar's model.
     """
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    side = sidecar_path(path)
-    if not path.is_file():
-        raise InputError(f"residual-descriptor weights not found: {path}")
-    if not side.is_file():
-        raise InputError(f"residual-descriptor weights {path} have no config sidecar {side.name} beside them")
-    try:
-        meta = json.loads(side.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise InputError(f"cannot read the weights sidecar {side}: {e}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or "model" not in meta:
-        raise InputError(f"{side} is not a featlab residual-descriptor sidecar (format {FORMAT})")
-    try:
-        state = load_file(str(path))
-    except Exception as e:  # noqa: BLE001 - safetensors raises several kinds of errors on corrupt files
-        raise InputError(f"cannot read weights file {path}: {e}") from None
-    net = ResidualDescriptorNet(meta["model"])
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise InputError(f"weights {path} do not fit the model in {side.name}: {str(e).splitlines()[0]}") from None
-    return net.eval(), meta
+    state, meta = load_weights(path, FORMAT, "residual-descriptor weights")
+    return load_state_strict(ResidualDescriptorNet(meta["model"]), state, path), meta
 
 
 # ------------------------------------------------------------------------------------------------------ ONNX

@@ -218,26 +218,6 @@ class PosedPairStream(Dataset):
         return out
 
 
-class _FromIndex(torch.utils.data.Sampler):
-    """Global sample indices start, start+1, ... (endless)."""
-
-    def __init__(self, start: int):
-        self.start = start
-
-    def __iter__(self):
-        i = self.start
-        while True:
-            yield i
-            i += 1
-
-
-def _worker_init(_):
-    # not cv2.setNumThreads: in a forked worker it can wait forever on the parent's thread-pool condition variables
-    # (pthread_cond_destroy with waiters that do not exist in the child), observed with OpenCV 5 after the parent
-    # ran OpenCV in parallel (validation)
-    torch.set_num_threads(1)
-
-
 # ------------------------------------------------------------------------------------------------------ task
 class CAPSTask(loop.TrainingTask):
     """Data, loss and validation of CAPS for :func:`featlab.training.loop.train`.
@@ -276,8 +256,8 @@ class CAPSTask(loop.TrainingTask):
     def batches(self, start_step: int) -> Iterator[dict]:
         b = int(self.conf.data.batch_size)
         workers = int(self.conf.data.num_workers)
-        loader = DataLoader(self.dataset, batch_size=b, sampler=_FromIndex(start_step * b), num_workers=workers,
-                            worker_init_fn=_worker_init if workers else None, prefetch_factor=2 if workers else None,
+        loader = DataLoader(self.dataset, batch_size=b, sampler=loop.IndexSampler(start_step * b), num_workers=workers,
+                            worker_init_fn=loop.worker_init if workers else None, prefetch_factor=2 if workers else None,
                             persistent_workers=False)
         it = iter(loader)
         try:

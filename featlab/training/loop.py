@@ -357,3 +357,26 @@ def train(task: TrainingTask, conf, run_dir: str | Path, resume: bool = False, f
     return {"step": step, "device": str(device), "dtype": dtype, "channels_last": channels_last,
             "best_metric": conf.best_metric, "best_value": best["value"], "best_step": best["step"],
             "time": now(), "train_time": train_time, "last_val": last_val, "skipped_steps": skipped}
+
+
+class IndexSampler(torch.utils.data.Sampler):
+    """Endless global sample indices start, start + 1, ...: the data of step s is a function of (seed, s), so a
+    resumed run continues with exactly the batches an uninterrupted run would have seen."""
+
+    def __init__(self, start: int):
+        self.start = start
+
+    def __iter__(self):
+        i = self.start
+        while True:
+            yield i
+            i += 1
+
+
+def worker_init(_):
+    """DataLoader worker set-up: one torch thread per worker (the machine has few cores).
+
+    Not cv2.setNumThreads: in a forked worker it can wait forever on the parent's thread-pool condition variables
+    (observed with OpenCV 5 after the parent ran OpenCV in parallel).
+    """
+    torch.set_num_threads(1)

@@ -208,26 +208,6 @@ class HomographyPairStream(Dataset):
         return self.make_pair(image0, image1, H_0to1)
 
 
-class _FromIndex(torch.utils.data.Sampler):
-    """Global sample indices start, start+1, ... (endless)."""
-
-    def __init__(self, start: int):
-        self.start = start
-
-    def __iter__(self):
-        i = self.start
-        while True:
-            yield i
-            i += 1
-
-
-def _worker_init(_):
-    import cv2
-
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
-
-
 # ------------------------------------------------------------------------------------------------------ task
 class ResidualTask(loop.TrainingTask):
     """Data, loss and validation of the residual descriptor for :func:`featlab.training.loop.train`."""
@@ -256,8 +236,8 @@ class ResidualTask(loop.TrainingTask):
         workers = int(self.conf.data.num_workers)
         # spawn, not fork: a process forked after OpenCV started its thread pool (cv2.warpPerspective, SIFT in
         # the validation set-up) deadlocks in its first OpenCV call
-        loader = DataLoader(self.dataset, batch_size=b, sampler=_FromIndex(start_step * b), num_workers=workers,
-                            worker_init_fn=_worker_init if workers else None, prefetch_factor=2 if workers else None,
+        loader = DataLoader(self.dataset, batch_size=b, sampler=loop.IndexSampler(start_step * b), num_workers=workers,
+                            worker_init_fn=loop.worker_init if workers else None, prefetch_factor=2 if workers else None,
                             multiprocessing_context="spawn" if workers else None, persistent_workers=False)
         it = iter(loader)
         try:

@@ -1,0 +1,71 @@
+"""Model weights on disk: a safetensors file plus a JSON sidecar (same stem, ``.json``) with the network config.
+
+Both files are written atomically; reading checks the sidecar's ``format`` tag and turns every failure (missing,
+corrupt, wrong format) into an :class:`~featlab.errors.InputError` naming the file.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..errors import InputError
+from .atomic import atomic_path, atomic_write_text
+
+
+def sidecar_path(weights_path: str | Path) -> Path:
+    """The JSON sidecar of a weights file: same stem, ``.json``."""
+    return Path(weights_path).with_suffix(".json")
+
+
+def save_weights(module: torch.nn.Module, path: str | Path, meta: dict) -> Path:
+    """Write ``module``'s state dict (float tensors as float32, on CPU) and ``meta`` (must hold ``format``)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    state = {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().contiguous()
+             for k, v in module.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"format": str(meta["format"])})
+    atomic_write_text(sidecar_path(path), json.dumps(meta, indent=2, default=float))
+    return path
+
+
+def load_weights(path: str | Path, fmt: str, what: str, missing_hint: str = "") -> tuple[dict, dict]:
+    """Read a weights file and its sidecar -> (state dict, sidecar dict).
+
+    Args:
+        fmt: the expected sidecar ``format`` tag (the sidecar must also hold a ``model`` mapping).
+        what: how to name the weights in messages (e.g. "CAPS weights").
+        missing_hint: appended to the message when the weights file does not exist (e.g. how to train them).
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    side = sidecar_path(path)
+    if not path.is_file():
+        raise InputError(f"{what} not found: {path}" + (f"; {missing_hint}" if missing_hint else ""))
+    if not side.is_file():
+        raise InputError(f"{what} {path} have no config sidecar {side.name} beside them")
+    try:
+        meta = json.loads(side.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"cannot read the weights sidecar {side}: {e}") from None
+    if not isinstance(meta, dict) or meta.get("format") != fmt or not isinstance(meta.get("model"), dict):
+        raise InputError(f"{side} is not a featlab sidecar of {what} (format {fmt})")
+    try:
+        state = load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - safetensors raises several kinds of errors on corrupt files
+        raise InputError(f"cannot read weights file {path}: {e}") from None
+    return state, meta
+
+
+def load_state_strict(module: torch.nn.Module, state: dict, path: str | Path) -> torch.nn.Module:
+    """``load_state_dict(strict=True)`` with a one-line InputError when the weights do not fit."""
+    try:
+        module.load_state_dict(state, strict=True)
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise InputError(f"weights {path} do not fit the network in {sidecar_path(path).name}: "
+                         f"{str(e).splitlines()[0]}") from None
+    return module.eval()
