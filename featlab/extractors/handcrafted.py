@@ -26,11 +26,27 @@ def rootsift(desc: np.ndarray, eps: float = 1e-8) -> np.ndarray:
     return np.sqrt(desc)
 
 
+class OpenCVExtractor(Extractor):
+    """Shared batch loop of the OpenCV extractors: subclasses implement ``detect_and_describe(gray uint8)`` ->
+    (keypoints (N, 2) featlab px, scores (N,), descriptors (N, D), scales (N,), orientations (N,) degrees)."""
+
+    def _forward(self, data):
+        items = []
+        for gray in _to_gray_uint8(data["image"]):
+            pts, scores, desc, scales, angles = self.detect_and_describe(gray)
+            kp, sc, de, sz, an = top_k_keypoints(torch.from_numpy(pts), torch.from_numpy(scores),
+                                                 torch.from_numpy(desc), torch.from_numpy(scales),
+                                                 torch.from_numpy(angles), k=self.conf.max_keypoints)
+            items.append({"keypoints": kp, "keypoint_scores": sc, "descriptors": de, "scales": sz,
+                          "oris": an})
+        return {k: v.to(data["image"].device) for k, v in stack_padded(items).items()}
+
+
 @register_extractor("sift", summary="OpenCV SIFT, 128-d (L2-normalised)")
 @register_extractor("rootsift", preset={"root": True}, summary="OpenCV SIFT keypoints, RootSIFT descriptors")
 @register_extractor("rootsift-upright", preset={"root": True, "upright": True},
                     summary="RootSIFT with all orientations set to 0 (upright)")
-class SIFT(Extractor):
+class SIFT(OpenCVExtractor):
     """SIFT keypoints and descriptors (OpenCV).
 
     Pixel convention: OpenCV SIFT detects on a 2x-upsampled image and reports ``kp.pt = 0.5 * u`` for a position
@@ -97,20 +113,10 @@ class SIFT(Extractor):
             desc = desc / (np.linalg.norm(desc, axis=1, keepdims=True) + 1e-8)
         return pts, scores, desc, scales, angles
 
-    def _forward(self, data):
-        items = []
-        for gray in _to_gray_uint8(data["image"]):
-            pts, scores, desc, scales, angles = self.detect_and_describe(gray)
-            kp, sc, de, sz, an = top_k_keypoints(torch.from_numpy(pts), torch.from_numpy(scores),
-                                                 torch.from_numpy(desc), torch.from_numpy(scales),
-                                                 torch.from_numpy(angles), k=self.conf.max_keypoints)
-            items.append({"keypoints": kp, "keypoint_scores": sc, "descriptors": de, "scales": sz,
-                          "oris": an})
-        return {k: v.to(data["image"].device) for k, v in stack_padded(items).items()}
 
 
 @register_extractor("orb", summary="OpenCV ORB, 256-bit binary descriptors (Hamming distance)")
-class ORB(Extractor):
+class ORB(OpenCVExtractor):
     """ORB keypoints (oriented FAST, Harris-ranked) and rBRIEF binary descriptors (OpenCV).
 
     Descriptors are packed bits: uint8 (B, N, 32) for 256 bits, matched with the Hamming distance
@@ -181,13 +187,3 @@ class ORB(Extractor):
         angles = np.array([kp.angle for kp in kps], dtype=np.float32)
         return pts, scores, np.ascontiguousarray(desc, dtype=np.uint8), sizes, angles
 
-    def _forward(self, data):
-        items = []
-        for gray in _to_gray_uint8(data["image"]):
-            pts, scores, desc, scales, angles = self.detect_and_describe(gray)
-            kp, sc, de, sz, an = top_k_keypoints(torch.from_numpy(pts), torch.from_numpy(scores),
-                                                 torch.from_numpy(desc), torch.from_numpy(scales),
-                                                 torch.from_numpy(angles), k=self.conf.max_keypoints)
-            items.append({"keypoints": kp, "keypoint_scores": sc, "descriptors": de, "scales": sz,
-                          "oris": an})
-        return {k: v.to(data["image"].device) for k, v in stack_padded(items).items()}

@@ -36,12 +36,12 @@ from typing import Iterator
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from ..conf import deep_update, resolve_conf, to_container
 from ..datasets import homographies
 from ..datasets import rgbd as rgbd_module
-from ..errors import ConfigError, FeatlabError, InputError
+from ..errors import ConfigError, InputError
 from ..geometry.epipolar import fundamental_from_pose
 from ..extractors.caps import (WEIGHTS_DIR, load_caps_weights, sample_descriptors, save_caps_weights,
                                sidecar_path)
@@ -254,21 +254,8 @@ class CAPSTask(loop.TrainingTask):
 
     # ------------------------------------------------------------------------------------------------ data
     def batches(self, start_step: int) -> Iterator[dict]:
-        b = int(self.conf.data.batch_size)
-        workers = int(self.conf.data.num_workers)
-        loader = DataLoader(self.dataset, batch_size=b, sampler=loop.IndexSampler(start_step * b), num_workers=workers,
-                            worker_init_fn=loop.worker_init if workers else None, prefetch_factor=2 if workers else None,
-                            persistent_workers=False)
-        it = iter(loader)
-        try:
-            while True:
-                try:
-                    yield next(it)
-                except FeatlabError as e:  # re-raised from a worker with its traceback: keep the message line
-                    lines = [ln for ln in str(e).splitlines() if ln.strip()]
-                    raise type(e)(lines[-1].split(": ", 1)[-1] if len(lines) > 1 else str(e)) from None
-        finally:
-            del it
+        return loop.iterate_batches(self.dataset, self.conf.data.batch_size, self.conf.data.num_workers, start_step,
+                                    multiprocessing_context=None)
 
     def _prepare_val(self, pairs) -> list[dict]:
         from ..extractors import build_extractor

@@ -380,3 +380,33 @@ def worker_init(_):
     (observed with OpenCV 5 after the parent ran OpenCV in parallel).
     """
     torch.set_num_threads(1)
+
+
+def iterate_batches(dataset, batch_size: int, num_workers: int, start_step: int,
+                    multiprocessing_context: str | None = None):
+    """Endless batches of ``dataset`` from global step ``start_step`` on (see :class:`IndexSampler`).
+
+    A :class:`~featlab.errors.FeatlabError` raised in a worker is re-raised here with its one-line message.
+    ``multiprocessing_context="spawn"`` for datasets that run OpenCV in workers after the parent did: a process
+    forked after OpenCV started its thread pool can deadlock in its first OpenCV call.
+    """
+    from torch.utils.data import DataLoader
+
+    from ..errors import FeatlabError
+
+    workers = int(num_workers)
+    loader = DataLoader(dataset, batch_size=int(batch_size), sampler=IndexSampler(start_step * int(batch_size)),
+                        num_workers=workers, worker_init_fn=worker_init if workers else None,
+                        prefetch_factor=2 if workers else None,
+                        multiprocessing_context=multiprocessing_context if workers else None,
+                        persistent_workers=False)
+    it = iter(loader)
+    try:
+        while True:
+            try:
+                yield next(it)
+            except FeatlabError as e:  # re-raised from a worker with its traceback: keep the message line
+                lines = [ln for ln in str(e).splitlines() if ln.strip()]
+                raise type(e)(lines[-1].split(": ", 1)[-1] if len(lines) > 1 else str(e)) from None
+    finally:
+        del it

@@ -32,12 +32,12 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from ..conf import resolve_conf, to_container
 from ..datasets import homographies
 from ..datasets.synthetic import SyntheticHomographyPairs, resize_and_crop, warp_image
-from ..errors import ConfigError, FeatlabError
+from ..errors import ConfigError
 from ..extractors.residual import (WEIGHTS_DIR, ResidualDescriptorNet, load_residual_weights,
                                    save_residual_weights, sidecar_path, variant_mismatch)
 from ..io.image import image_to_tensor, list_images, read_image
@@ -232,23 +232,9 @@ class ResidualTask(loop.TrainingTask):
 
     # ------------------------------------------------------------------------------------------------ data
     def batches(self, start_step: int) -> Iterator[dict]:
-        b = int(self.conf.data.batch_size)
-        workers = int(self.conf.data.num_workers)
-        # spawn, not fork: a process forked after OpenCV started its thread pool (cv2.warpPerspective, SIFT in
-        # the validation set-up) deadlocks in its first OpenCV call
-        loader = DataLoader(self.dataset, batch_size=b, sampler=loop.IndexSampler(start_step * b), num_workers=workers,
-                            worker_init_fn=loop.worker_init if workers else None, prefetch_factor=2 if workers else None,
-                            multiprocessing_context="spawn" if workers else None, persistent_workers=False)
-        it = iter(loader)
-        try:
-            while True:
-                try:
-                    yield next(it)
-                except FeatlabError as e:  # re-raised from a worker with its traceback: keep the message line
-                    lines = [ln for ln in str(e).splitlines() if ln.strip()]
-                    raise type(e)(lines[-1].split(": ", 1)[-1] if len(lines) > 1 else str(e)) from None
-        finally:
-            del it
+        # spawn: the photos are read and warped with OpenCV in the workers (see loop.iterate_batches)
+        return loop.iterate_batches(self.dataset, self.conf.data.batch_size, self.conf.data.num_workers, start_step,
+                                    multiprocessing_context="spawn")
 
     def _make_val_pairs(self) -> list[dict]:
         c = self.conf
