@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import logging
 import sys
 
@@ -23,10 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMANDS:
-        mod_name = f"featlab.commands.{name}"
-        if importlib.util.find_spec(mod_name) is None:
-            continue
-        importlib.import_module(mod_name).register(sub)
+        importlib.import_module(f"featlab.commands.{name}").register(sub)
     return parser
 
 
