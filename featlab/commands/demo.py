@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
 from ..io.atomic import atomic_write_text
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "demo"
@@ -36,19 +35,8 @@ def register(sub):
     p.set_defaults(func=run)
 
 
-def _load_h(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise InputError(f"homography file not found: {path}")
-    try:
-        H = np.loadtxt(path, dtype=np.float64)
-    except ValueError as e:
-        raise InputError(f"cannot parse homography file {path}: {e}") from None
-    if H.shape != (3, 3) or not np.isfinite(H).all():
-        raise InputError(f"homography file {path} must hold a finite 3x3 matrix, got shape {H.shape}")
-    return H
-
-
 def run(args) -> int:
+    from ..datasets.hpatches import read_homography_file
     from ..extractors import build_extractor, extract_image
     from ..geometry.homography import homography_corner_error, warp_points_homography
     from ..geometry.robust import estimate_homography
@@ -58,7 +46,7 @@ def run(args) -> int:
 
     bundled = args.image0 == ASSETS / "image0.jpg" and args.image1 == ASSETS / "image1.jpg"
     h_path = args.homography or (ASSETS / "H_0to1.txt" if bundled else None)
-    H_gt = _load_h(h_path) if h_path else None
+    H_gt = read_homography_file(h_path) if h_path else None
     img0, img1 = read_image(args.image0), read_image(args.image1)
     extractor = build_extractor(args.model, {"max_keypoints": args.max_keypoints})
 

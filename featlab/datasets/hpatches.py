@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..conf import resolve_conf
+from ..io.text import read_matrix_file
 from ..errors import ConfigError, InputError
 from ..io.image import IMAGE_EXTENSIONS, read_image, resize_image
 from ..pixels import homography_from_opencv
@@ -34,15 +35,7 @@ def read_homography_file(path: Path) -> np.ndarray:
     Raises:
         InputError: missing file, unparsable content, wrong shape, non-finite or singular matrix.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"homography file not found: {path}")
-    try:
-        H = np.loadtxt(path, dtype=np.float64, ndmin=2)
-    except ValueError as e:
-        raise InputError(f"malformed homography file {path}: {e}") from None
-    if H.shape != (3, 3):
-        raise InputError(f"malformed homography file {path}: expected 3x3 numbers, got shape {H.shape}")
+    H = read_matrix_file(path, (3, 3), "homography")
     if not np.all(np.isfinite(H)):
         raise InputError(f"malformed homography file {path}: non-finite values")
     if abs(np.linalg.det(H)) < 1e-12 * max(1.0, np.abs(H).max() ** 3):

@@ -33,6 +33,7 @@ import cv2
 import numpy as np
 
 from ..conf import resolve_conf
+from ..io.text import read_matrix_file
 from ..errors import ConfigError, InputError
 from ..io.atomic import atomic_write_text
 from ..io.image import read_image
@@ -52,20 +53,6 @@ SEVEN_SCENES_K = (585.0, 320.0, 240.0)  # published 7-Scenes values (fx = fy, cx
 TUM_K = (525.0, 320.0, 240.0)  # TUM ROS defaults, principal point converted to featlab pixels
 
 _FRAME_RE = re.compile(r"^(frame-\d+)\.color\.(png|jpg|jpeg)$", re.IGNORECASE)
-
-
-def read_matrix_file(path: Path, shape: tuple[int, int], what: str) -> np.ndarray:
-    """Read a whitespace-separated matrix of the given shape as float64; InputError naming the file otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{what} file not found: {path}")
-    try:
-        M = np.loadtxt(path, dtype=np.float64, ndmin=2)
-    except ValueError as e:
-        raise InputError(f"malformed {what} file {path}: {e}") from None
-    if M.shape != shape:
-        raise InputError(f"malformed {what} file {path}: expected {shape[0]}x{shape[1]} numbers, got {M.shape}")
-    return M
 
 
 def quaternion_to_rotation(q) -> np.ndarray:

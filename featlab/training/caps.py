@@ -185,7 +185,7 @@ class PosedPairStream(Dataset):
         self.photometric = to_container(data_conf.photometric)
         self.seed = int(seed)
         self._sift = None  # OpenCV objects are built inside each worker process
-        self._perm_epoch, self._perm = None, None
+        self._shuffle = loop.EpochShuffle(self.seed)
 
     def __len__(self) -> int:  # nominal: indices are global sample numbers
         return len(self.pairs)
@@ -197,12 +197,7 @@ class PosedPairStream(Dataset):
         return self._sift
 
     def pair_of(self, index: int) -> int:
-        n = len(self.pairs)
-        epoch = index // n
-        if self._perm_epoch != epoch:
-            self._perm = np.random.default_rng([self.seed, epoch, 1]).permutation(n)
-            self._perm_epoch = epoch
-        return int(self._perm[index % n])
+        return self._shuffle(index, len(self.pairs))
 
     def __getitem__(self, index: int) -> dict:
         rng = np.random.default_rng([self.seed, int(index)])

@@ -410,3 +410,19 @@ def iterate_batches(dataset, batch_size: int, num_workers: int, start_step: int,
                 raise type(e)(lines[-1].split(": ", 1)[-1] if len(lines) > 1 else str(e)) from None
     finally:
         del it
+
+
+class EpochShuffle:
+    """Global sample index -> item index: a fresh permutation of the n items each epoch, a function of
+    (seed, epoch) only, so any sample can be rebuilt in any process (workers, a resumed run)."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self._epoch, self._perm = None, None
+
+    def __call__(self, index: int, n: int) -> int:
+        epoch = index // n
+        if self._epoch != epoch:
+            self._perm = np.random.default_rng([self.seed, epoch, 1]).permutation(n)
+            self._epoch = epoch
+        return int(self._perm[index % n])

@@ -151,7 +151,7 @@ class HomographyPairStream(Dataset):
         self._homography_conf = to_container(conf.data.homography)
         self._photometric_conf = to_container(conf.data.photometric)
         self._g = None  # built lazily: OpenCV objects are built inside each worker process
-        self._perm_epoch, self._perm = None, None
+        self._shuffle = loop.EpochShuffle(self.seed)
 
     def __getstate__(self):  # pickled into spawned workers: OpenCV objects are rebuilt there
         return {**self.__dict__, "_g": None}
@@ -168,12 +168,7 @@ class HomographyPairStream(Dataset):
         return self._g
 
     def photo_of(self, index: int) -> Path:
-        n = len(self.photos)
-        epoch = index // n
-        if self._perm_epoch != epoch:
-            self._perm = np.random.default_rng([self.seed, epoch, 1]).permutation(n)
-            self._perm_epoch = epoch
-        return self.photos[self._perm[index % n]]
+        return self.photos[self._shuffle(index, len(self.photos))]
 
     def describe(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """g on one uint8 RGB image -> keypoints (N, 2), descriptors (N, D), N <= max_keypoints."""
