@@ -472,3 +472,17 @@ class TestExtractor:
             build_extractor("caps-sift", {"weights": str(corrupt)})
         with pytest.raises(ConfigError):
             build_extractor("caps", {"weights": str(tiny_weights), "detector": "caps-sift"})
+
+
+def test_shipped_caps_weights_describe_sift_keypoints():
+    from skimage.data import astronaut
+
+    from featlab.extractors import build_extractor, extract_image
+
+    image = astronaut()[::2, ::2].copy()  # 256 x 256
+    ext = build_extractor("caps-sift", {"max_keypoints": 80})  # featlab/weights/caps-resnet18
+    sift = extract_image(build_extractor("sift", {"max_keypoints": 80}), image, resize=None)
+    out = extract_image(ext, image, resize=None)
+    np.testing.assert_allclose(out["keypoints"], sift["keypoints"])
+    assert out["descriptors"].shape == (len(sift["keypoints"]), 256)
+    np.testing.assert_allclose(np.linalg.norm(out["descriptors"], axis=1), 1.0, atol=1e-5)

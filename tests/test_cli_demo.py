@@ -43,3 +43,12 @@ def test_demo_bad_homography_file(tmp_path, capsys):
     bad.write_text("1 2\n3 4\n")
     assert main(["demo", "-o", str(tmp_path / "o"), "--homography", str(bad)]) == 2
     assert "3x3" in capsys.readouterr().err
+
+
+def test_demo_default_model_is_the_shipped_residual_model(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "-o", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model"] == "residual-sift"
+    assert metrics["mutual_nn_matches"] > 50 and metrics["MMA@3px"] > 0.5
+    assert metrics["H_corner_error_px"] != "failed" and metrics["H_corner_error_px"] < 3

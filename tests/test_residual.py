@@ -288,3 +288,63 @@ class TestExtractor:
         image, kpts, g_desc = _inputs(b=1, n=33, h=72, w=100, seed=1)
         with torch.no_grad():
             assert (runner(image, kpts, g_desc) - net(image, kpts, g_desc)).abs().max() < 1e-4
+
+
+class TestPartNormAndInit:
+    def test_part_norm_gives_both_parts_equal_weight(self):
+        torch.manual_seed(0)
+        net = ResidualDescriptorNet({"part_norm": True})
+        image, kpts, g_desc = _inputs(b=1, n=20, h=64, w=80, seed=3)
+        out = net(image, kpts, g_desc)
+        np.testing.assert_allclose(out.norm(dim=-1).detach().numpy(), 1.0, atol=1e-5)
+        # each half has norm 1/sqrt(2), whatever the scales of f(g) and h
+        np.testing.assert_allclose(out[..., :128].norm(dim=-1).detach().numpy(), 2 ** -0.5, atol=1e-5)
+        np.testing.assert_allclose(out[..., 128:].norm(dim=-1).detach().numpy(), 2 ** -0.5, atol=1e-5)
+        with torch.no_grad():
+            net.h.head[-1].weight.mul_(1e-3)
+        np.testing.assert_allclose(net(image, kpts, g_desc)[..., 128:].norm(dim=-1).detach().numpy(), 2 ** -0.5,
+                                   atol=1e-5)
+
+    def test_identity_f(self):
+        from featlab.training.residual import identity_init_mlp
+
+        net = ResidualDescriptorNet()
+        identity_init_mlp(net.f)
+        x = torch.randn(7, 128)  # signed values (SURF) pass too
+        torch.testing.assert_close(net.f(x), x)
+        with pytest.raises(ConfigError, match="identity"):
+            identity_init_mlp(ResidualDescriptorNet({"f_dims": [200, 200, 128]}).f)
+        with pytest.raises(ConfigError, match="fusion"):
+            identity_init_mlp(None)
+
+    def test_h_from_a_wider_model_projects_its_output(self, tmp_path, photo):
+        import cv2
+
+        from featlab.training.residual import init_h_from
+
+        torch.manual_seed(1)
+        src = ResidualDescriptorNet({"fusion": "none", "backbone": "small"}).eval()  # 256-d h
+        path = save_residual_weights(src, tmp_path / "nf.safetensors", {"name": "sift", "conf": {}})
+        cv2.imwrite(str(tmp_path / "p.png"), photo[..., ::-1])
+        dst = ResidualDescriptorNet({"backbone": "small"}).eval()  # 128-d h
+        init_h_from(dst, path, [tmp_path / "p.png"], (64, 80))
+        image = torch.from_numpy(photo[:64, :80]).permute(2, 0, 1)[None].float() / 255
+        with torch.no_grad():
+            a, b = src.dense(image).flatten(2)[0], dst.dense(image).flatten(2)[0]  # (256, n), (128, n)
+        # b holds the top principal directions of a: it keeps (almost) all of a's energy, and the pairwise
+        # inner products of the projected descriptors are those of the originals
+        assert b.pow(2).sum() > 0.95 * a.pow(2).sum()
+        torch.testing.assert_close(b.T @ b, a.T @ a, rtol=0.1, atol=0.05 * float((a.T @ a).abs().max()))
+        with pytest.raises(ConfigError, match="backbone"):
+            init_h_from(ResidualDescriptorNet(), path, [tmp_path / "p.png"], (64, 80))
+
+
+@pytest.mark.parametrize("name", ["residual-sift", "residual-sift-joint", "residual-rootsift-upright", "residual-surf",
+                                  "residual-sift-nofusion", "residual-sift-small"])
+def test_shipped_weights_load_and_describe(name, photo):
+    from featlab.extractors import extract_image
+
+    ext = build_extractor(name, {"max_keypoints": 60})  # the weights shipped in featlab/weights
+    out = extract_image(ext, photo, resize=None)
+    assert len(out["keypoints"]) > 10 and out["descriptors"].shape == (len(out["keypoints"]), 256)
+    np.testing.assert_allclose(np.linalg.norm(out["descriptors"], axis=1), 1.0, atol=1e-5)

@@ -207,3 +207,15 @@ class TestResidualTask:
         assert main(["train", "residual", "-o", str(tmp_path / "d"), "--resume"]) == 2
         assert "cannot resume" in capsys.readouterr().err
         assert not (tmp_path / "a").exists()
+
+
+class TestTimeBudget:
+    def test_max_minutes_stops_with_checkpoint_and_resume_continues(self, tmp_path):
+        summary = train(ToyTask(), {**TOY, "max_steps": 1000, "max_minutes": 0.0}, tmp_path)
+        assert summary["step"] == 1  # the budget is checked after each step
+        vals = [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "val"]
+        assert vals == [0, 1]  # validated at the stop
+        state = loop.load_checkpoint(loop.checkpoint_path(tmp_path))
+        assert state["step"] == 1
+        summary = train(ToyTask(), {**TOY, "max_steps": 4}, tmp_path, resume=True)
+        assert summary["step"] == 4

@@ -15,8 +15,8 @@ import numpy as np
 from ..io.atomic import atomic_write_text
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "demo"
-#: the model the demo runs by default: the best shipped model (see docs/RESULTS.md)
-DEFAULT_MODEL = "sift"
+#: the model the demo runs by default: featlab's shipped residual-SIFT model (docs/MODELS.md, docs/RESULTS.md)
+DEFAULT_MODEL = "residual-sift"
 
 
 def register(sub):

@@ -59,6 +59,8 @@ default_conf = {
     "lr_decay_factor": 0.5,
     "num_threads": None,  # torch intra-op threads; null: torch's default
     "progress": True,  # tqdm progress bar
+    "max_minutes": None,  # wall-clock budget of this invocation: stop (validate, checkpoint) after the step that
+    #                      passes it; --resume continues with a fresh budget. null: no budget
 }
 
 
@@ -344,10 +346,15 @@ def train(task: TrainingTask, conf, run_dir: str | Path, resume: bool = False, f
                 for k, v in means.items():
                     writer.add_scalar(f"train/{k}", v, step)
                 window = {}
-            if step % conf.val_every == 0 or step == conf.max_steps:
+            out_of_time = conf.max_minutes is not None and time.perf_counter() - t_start > 60 * float(conf.max_minutes)
+            if step % conf.val_every == 0 or step == conf.max_steps or out_of_time:
                 validate()
-            if step % conf.checkpoint_every == 0 or step == conf.max_steps:
+            if step % conf.checkpoint_every == 0 or step == conf.max_steps or out_of_time:
                 checkpoint()
+            if out_of_time:
+                logger.info("time budget of %s min used: stopped at step %d (--resume continues)",
+                            conf.max_minutes, step)
+                break
     finally:
         if hasattr(batches, "close"):
             batches.close()  # shuts the data workers down

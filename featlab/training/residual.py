@@ -26,6 +26,8 @@ would keep the untrained model; the paper's headline metric is the matching scor
 """
 from __future__ import annotations
 
+import logging
+
 import shutil
 from pathlib import Path
 from typing import Iterator
@@ -43,6 +45,8 @@ from ..extractors.residual import (WEIGHTS_DIR, ResidualDescriptorNet, load_resi
 from ..io.image import image_to_tensor, list_images, read_image
 from ..losses.triplet import TripletLoss
 from . import loop
+
+logger = logging.getLogger(__name__)
 
 #: the experiment config used when --config is not given
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "residual.yaml"
@@ -69,6 +73,14 @@ default_conf = {
         "num_pairs": 30,  # pairs in the fixed validation set (one per photo, first photos by path)
         "seed": 1234,  # seed of the validation warps
         "threshold": 3.0,  # px, correctness threshold of the matching score
+    },
+    "init": {
+        # residual weights (.safetensors) whose h initialises this model's h, e.g. the best weights of a
+        # "without fusion" run. Same backbone and batchnorm needed; an output layer of another width (256 -> 128)
+        # is projected onto the top principal directions of its outputs on `pca_photos` training photos
+        "h_from": None,
+        "pca_photos": 16,
+        "f": "default",  # default (PyTorch init) | identity: f starts as exactly f(g) = g (ReLU-safe [I; -I] layout)
     },
     "loss": TripletLoss.default_conf,  # margin, distance, mining, see featlab.losses.triplet
     "train": loop.default_conf,  # optimiser, steps, checkpoints, precision, see featlab.training.loop
@@ -122,6 +134,78 @@ def _pad(array: np.ndarray, n: int) -> np.ndarray:
     out = np.zeros((n, *array.shape[1:]), dtype=array.dtype)
     out[: len(array)] = array[:n]
     return out
+
+
+# ------------------------------------------------------------------------------------------ initialisation
+def identity_init_mlp(mlp) -> None:
+    """Set an :class:`featlab.nn.MLP` to the exact identity: layer 1 = [I; -I], middle layers = I, last = [I, -I],
+    biases 0, so that ReLU(x) - ReLU(-x) = x passes any input (SURF's signed values too).
+
+    Raises:
+        ConfigError: no f (fusion none), or widths that cannot hold it (hidden >= 2 x input, output == input).
+    """
+    if mlp is None:
+        raise ConfigError("init.f=identity needs an f (model.fusion is none)")
+    dims = mlp.dims
+    d = dims[0]
+    if dims[-1] != d or min(dims[1:-1], default=2 * d) < 2 * d:
+        raise ConfigError(f"init.f=identity needs f_dims with hidden widths >= {2 * d} and output {d}, got {dims}")
+    linears = [m for m in mlp.layers if isinstance(m, torch.nn.Linear)]
+    eye = torch.eye(d)
+    with torch.no_grad():
+        for i, lin in enumerate(linears):
+            lin.weight.zero_()
+            lin.bias.zero_()
+            if len(linears) == 1:
+                lin.weight.copy_(eye)
+            elif i == 0:
+                lin.weight[:d] = eye
+                lin.weight[d:2 * d] = -eye
+            elif i == len(linears) - 1:
+                lin.weight[:, :d] = eye
+                lin.weight[:, d:2 * d] = -eye
+            else:
+                lin.weight[:2 * d, :2 * d] = torch.eye(2 * d)
+
+
+def init_h_from(model: ResidualDescriptorNet, path, photos: list[Path], size) -> None:
+    """Copy h from the residual weights at ``path`` into ``model.h``; an output layer of another width is
+    projected onto the top principal directions (uncentred) of the source's dense outputs on ``photos``.
+
+    Raises:
+        InputError: unreadable weights; ConfigError: another backbone/batchnorm or fewer source channels.
+    """
+    src, meta = load_residual_weights(path)
+    for key in ("backbone", "batchnorm"):
+        if meta["model"].get(key) != model.conf[key]:
+            raise ConfigError(f"init.h_from: the weights have model.{key}={meta['model'].get(key)!r}, this model "
+                              f"{model.conf[key]!r}")
+    src_state = src.h.state_dict()
+    last = model.h.head[-1]
+    src_last = src.h.head[-1]
+    out, src_out = last.weight.shape[0], src_last.weight.shape[0]
+    if src_out < out:
+        raise ConfigError(f"init.h_from: the source h has {src_out} output channels, fewer than this h's {out}")
+    with torch.no_grad():
+        if src_out > out:
+            if not photos:
+                raise ConfigError("init.h_from: no training photos to fit the output projection on")
+            feats = []
+            for p in photos:
+                image = resize_and_crop(read_image(p), size)
+                feats.append(src.dense(image_to_tensor(image)).flatten(2)[0])  # (C, h*w)
+            Y = torch.cat(feats, 1).double()
+            vals, vecs = torch.linalg.eigh(Y @ Y.T / Y.shape[1])  # ascending eigenvalues
+            V = vecs[:, -out:].flip(1).float()  # (src_out, out) top directions
+            energy = float(vals[-out:].sum() / vals.sum())
+            w = src_last.weight.flatten(1)  # (src_out, in)
+            src_state = {**src_state}
+            prefix = next(n for n, prm in src.h.named_parameters() if prm is src_last.weight)[: -len("weight")]
+            src_state[prefix + "weight"] = (V.T @ w).reshape(out, *src_last.weight.shape[1:])
+            src_state[prefix + "bias"] = V.T @ src_last.bias
+        model.h.load_state_dict(src_state)
+    logger.info("h initialised from %s%s", path, f" (output {src_out} -> {out} by PCA on {len(photos)} photos, "
+                f"{100 * energy:.2f}% of the output energy kept)" if src_out > out else "")
 
 
 # --------------------------------------------------------------------------------------------------- dataset
@@ -224,6 +308,17 @@ class ResidualTask(loop.TrainingTask):
                               f"descriptors but model.g_dim is {self.model.conf.g_dim}")
         self.val_pairs = self._make_val_pairs() if conf.val.photos else []
         self._g_baseline = None
+        if conf.init.f not in ("default", "identity"):
+            raise ConfigError(f"init.f must be default or identity, got {conf.init.f!r}")
+        if conf.init.f == "identity":
+            identity_init_mlp(self.model.f)
+        if conf.init.h_from:
+            init_h_from(self.model, conf.init.h_from, photos[:: max(1, len(photos) // int(conf.init.pca_photos))]
+                        [: int(conf.init.pca_photos)], self.size_hw)
+
+    @property
+    def size_hw(self) -> tuple[int, int]:
+        return tuple(int(v) for v in self.conf.data.image_size)
 
     # ------------------------------------------------------------------------------------------------ data
     def batches(self, start_step: int) -> Iterator[dict]:
