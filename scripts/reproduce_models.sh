@@ -1,0 +1,24 @@
+#!/bin/bash
+# Retrain every model shipped in featlab/weights/ with the recipes of docs/MODELS.md and export them there.
+# usage: bash scripts/reproduce_models.sh [DATA_DIR] [RUNS_DIR] [extra key=value overrides, e.g. train.device=cuda]
+# DATA_DIR defaults to ../shared/data (photos/{bsds500,sun_hays80}, rgbd/7scenes_redkitchen). The runs are
+# sequential; on a 2-core CPU expect days (about 4 s per residual step, 6.6 s per CAPS step), on a GPU about an hour.
+set -euo pipefail
+DATA=${1:-../shared/data}; RUNS=${2:-runs/reproduce}; shift $(( $# < 2 ? $# : 2 ))
+FL=${FEATLAB:-featlab}
+P=$DATA/photos
+COMMON=(--photos "$P/bsds500/train" --photos "$P/bsds500/val" --photos "$P/sun_hays80" --val-photos "$P/bsds500/test"
+        model.batchnorm=true data.num_workers=2 train.val_every=250 train.checkpoint_every=250)
+EXTRA=("$@")  # last, so that they override the recipes' values (e.g. train.max_steps=2 for a smoke test)
+res() { local name=$1; shift; $FL train residual "${COMMON[@]}" -o "$RUNS/$name" "$@" "${EXTRA[@]}" --export "$name"; }
+res residual-sift-joint train.max_steps=2500
+res residual-sift-nofusion model.fusion=none train.max_steps=2500
+res residual-sift-small model.backbone=small train.max_steps=2691
+res residual-rootsift-upright handcrafted.name=rootsift-upright train.max_steps=2750
+res residual-surf handcrafted.name=surf train.max_steps=1700
+# residual-sift: f = identity (SIFT itself), h from the without-fusion run, each part L2-normalised; no optimiser step
+res residual-sift model.part_norm=true init.f=identity init.h_from="$RUNS/residual-sift-nofusion/best.safetensors" \
+    train.max_steps=0 train.best_metric=mma@3
+$FL train caps --data "$DATA/rgbd/7scenes_redkitchen" -o "$RUNS/caps-resnet18" data.batch_size=6 data.num_workers=3 \
+    train.lr=1e-3 train.lr_decay_every=2500 train.val_every=250 train.checkpoint_every=250 val.num_pairs=30 \
+    train.max_steps=500 "${EXTRA[@]}" --export caps-resnet18
