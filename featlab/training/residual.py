@@ -27,7 +27,6 @@ would keep the untrained model; the paper's headline metric is the matching scor
 from __future__ import annotations
 
 import logging
-
 import shutil
 from pathlib import Path
 from typing import Iterator
@@ -314,11 +313,7 @@ class ResidualTask(loop.TrainingTask):
             identity_init_mlp(self.model.f)
         if conf.init.h_from:
             init_h_from(self.model, conf.init.h_from, photos[:: max(1, len(photos) // int(conf.init.pca_photos))]
-                        [: int(conf.init.pca_photos)], self.size_hw)
-
-    @property
-    def size_hw(self) -> tuple[int, int]:
-        return tuple(int(v) for v in self.conf.data.image_size)
+                        [: int(conf.init.pca_photos)], self.dataset.size)
 
     # ------------------------------------------------------------------------------------------------ data
     def batches(self, start_step: int) -> Iterator[dict]:
