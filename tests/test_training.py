@@ -219,3 +219,12 @@ class TestTimeBudget:
         assert state["step"] == 1
         summary = train(ToyTask(), {**TOY, "max_steps": 4}, tmp_path, resume=True)
         assert summary["step"] == 4
+
+
+def test_cli_train_with_a_missing_init_file_writes_nothing(photos, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["train", "residual", "--photos", str(photos), "--val-photos", str(photos), "-o", str(out), *TINY,
+               f"init.h_from={tmp_path / 'missing.safetensors'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "not found" in err[0]
+    assert not out.exists()

@@ -133,9 +133,9 @@ def run(args) -> int:
     if not args.resume and checkpoint_path(run_dir).exists():
         raise InputError(f"{run_dir} already holds a training run; pass --resume to continue it or choose "
                          f"another output folder")
-    run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(int(conf.train.seed))  # before the model is built: its initial weights depend on the seed
-    task = mod.build_task(conf)
+    task = mod.build_task(conf)  # bad data or init files fail here, before anything is written
+    run_dir.mkdir(parents=True, exist_ok=True)
     save_conf(conf, run_dir / "config.yaml")
     summary = train(task, conf.train, run_dir, resume=args.resume, full_config=conf)
     print(json.dumps({k: v for k, v in summary.items() if k != "last_val"}, default=float))
