@@ -348,3 +348,14 @@ def test_shipped_weights_load_and_describe(name, photo):
     out = extract_image(ext, photo, resize=None)
     assert len(out["keypoints"]) > 10 and out["descriptors"].shape == (len(out["keypoints"]), 256)
     np.testing.assert_allclose(np.linalg.norm(out["descriptors"], axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["residual-sift", "caps-sift"])
+def test_channels_last_default_gives_the_contiguous_descriptors(name, photo):
+    from featlab.extractors import extract_image
+
+    ext = build_extractor(name, {"max_keypoints": 60})
+    assert ext.conf.channels_last  # the measured-faster default on CPU (docs/RESULTS.md, Speed)
+    ref = extract_image(build_extractor(name, {"max_keypoints": 60, "channels_last": False}), photo, resize=None)
+    out = extract_image(ext, photo, resize=None)
+    np.testing.assert_allclose(out["descriptors"], ref["descriptors"], atol=1e-5)
