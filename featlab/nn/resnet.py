@@ -51,6 +51,13 @@ def _conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
 
 
+def _shortcut(in_channels: int, out: int, stride: int, norm: str) -> nn.Module | None:
+    """The residual shortcut: None (identity) when shape is kept, else a strided 1x1 projection + norm."""
+    if stride == 1 and in_channels == out:
+        return None
+    return nn.Sequential(_conv1x1(in_channels, out, stride), make_norm(norm, out))
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convs with an identity (or 1x1 projection) shortcut. Output channels = ``planes``."""
 
@@ -64,9 +71,7 @@ class BasicBlock(nn.Module):
         self.conv2 = _conv3x3(planes, out)
         self.norm2 = make_norm(norm, out)
         self.relu = nn.ReLU(inplace=True)
-        self.shortcut = None
-        if stride != 1 or in_channels != out:
-            self.shortcut = nn.Sequential(_conv1x1(in_channels, out, stride), make_norm(norm, out))
+        self.shortcut = _shortcut(in_channels, out, stride, norm)
 
     @property
     def last_norm(self) -> nn.Module:
@@ -94,9 +99,7 @@ class Bottleneck(nn.Module):
         self.conv3 = _conv1x1(planes, out)
         self.norm3 = make_norm(norm, out)
         self.relu = nn.ReLU(inplace=True)
-        self.shortcut = None
-        if stride != 1 or in_channels != out:
-            self.shortcut = nn.Sequential(_conv1x1(in_channels, out, stride), make_norm(norm, out))
+        self.shortcut = _shortcut(in_channels, out, stride, norm)
 
     @property
     def last_norm(self) -> nn.Module:
