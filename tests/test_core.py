@@ -140,3 +140,23 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     with atomic_path(target) as tmp:
         tmp.write_text("done")
     assert target.read_text() == "done" and len(list(tmp_path.iterdir())) == 1
+
+
+class TestWeightsExport:
+    @pytest.mark.parametrize("bad", ["", "../x", "a/b", "a\\b", ".hidden", "model.safetensors"])
+    def test_export_name_must_be_a_plain_stem(self, bad):
+        from featlab.io.weights import check_export_name
+
+        with pytest.raises(ConfigError, match="plain file stem such as caps-resnet18"):
+            check_export_name(bad, "caps-resnet18")
+        check_export_name("caps-resnet18", "caps-resnet18")
+
+    def test_copy_weights_copies_the_pair(self, tmp_path):
+        from featlab.io.weights import copy_weights, load_weights, save_weights
+
+        meta = {"format": "t/1", "model": {}, "k": 7}
+        src = save_weights(torch.nn.Linear(2, 3), tmp_path / "a" / "best.safetensors", meta)
+        dst = copy_weights(src, tmp_path / "b.safetensors")
+        state, meta = load_weights(dst, "t/1", "test weights")
+        assert meta["k"] == 7 and state["weight"].shape == (3, 2)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b.json", "b.safetensors"]  # no temporaries

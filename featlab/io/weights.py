@@ -6,11 +6,12 @@ corrupt, wrong format) into an :class:`~featlab.errors.InputError` naming the fi
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
 
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from .atomic import atomic_path, atomic_write_text
 
 
@@ -69,3 +70,22 @@ def load_state_strict(module: torch.nn.Module, state: dict, path: str | Path) ->
         raise InputError(f"weights {path} do not fit the network in {sidecar_path(path).name}: "
                          f"{str(e).splitlines()[0]}") from None
     return module.eval()
+
+
+def check_export_name(name: str, example: str) -> None:
+    """An export name must be a plain file stem (no folder, no leading dot, no .safetensors), e.g. ``example``.
+
+    Raises:
+        ConfigError: any other name.
+    """
+    if not name or "/" in name or "\\" in name or name.startswith(".") or name.endswith(".safetensors"):
+        raise ConfigError(f"export name must be a plain file stem such as {example}, got {name!r}")
+
+
+def copy_weights(src: str | Path, dst: str | Path) -> Path:
+    """Copy a weights file and its sidecar to ``dst`` (+ sidecar), each atomically. Returns ``dst``."""
+    src, dst = Path(src), Path(dst)
+    for s, d in ((src, dst), (sidecar_path(src), sidecar_path(dst))):
+        with atomic_path(d) as tmp:
+            shutil.copyfile(s, tmp)
+    return dst

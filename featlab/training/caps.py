@@ -29,7 +29,6 @@ epipolar error (pixels at the training resolution) of the coarse and fine predic
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -43,9 +42,9 @@ from ..datasets import homographies
 from ..datasets import rgbd as rgbd_module
 from ..errors import ConfigError, InputError
 from ..geometry.epipolar import fundamental_from_pose
-from ..extractors.caps import (WEIGHTS_DIR, load_caps_weights, sample_descriptors, save_caps_weights,
-                               sidecar_path)
+from ..extractors.caps import WEIGHTS_DIR, load_caps_weights, sample_descriptors, save_caps_weights
 from ..io.image import image_to_tensor
+from ..io.weights import check_export_name, copy_weights
 from ..losses.caps import CAPSLoss, epipolar_errors, epipolar_line_valid, match_coarse_to_fine, normalize_maps
 from ..losses.caps import default_conf as loss_default_conf
 from ..nn.resunet import ResUNet, map_extent
@@ -385,13 +384,8 @@ def check_conf(conf) -> None:
         raise ConfigError("no training data: pass --data SEQUENCE_DIR (or set data.root in the config)")
 
 
-def _check_name(name: str) -> None:
-    if not name or "/" in name or "\\" in name or name.startswith("."):
-        raise ConfigError(f"export name must be a plain file stem such as caps-resnet18, got {name!r}")
-
-
 def check_export(conf, name: str) -> None:
-    _check_name(name)
+    check_export_name(name, "caps-resnet18")
 
 
 def build_task(conf) -> CAPSTask:
@@ -405,16 +399,11 @@ def export_weights(run_dir: str | Path, name: str, which: str = "best") -> Path:
         InputError: the run has no such weights, or they cannot be loaded.
         ConfigError: a bad name.
     """
-    from ..io.atomic import atomic_path
 
-    _check_name(name)
+    check_export_name(name, "caps-resnet18")
     src = Path(run_dir) / f"{which}.safetensors"
     load_caps_weights(src)  # validates the pair of files
-    dst = WEIGHTS_DIR / f"{name}.safetensors"
-    for s, d in ((src, dst), (sidecar_path(src), sidecar_path(dst))):
-        with atomic_path(d) as tmp:
-            shutil.copyfile(s, tmp)
-    return dst
+    return copy_weights(src, WEIGHTS_DIR / f"{name}.safetensors")
 
 
 __all__ = ["default_conf", "CAPSTask", "PosedPairStream", "RGBDPairs", "resize_with_intrinsics", "sample_queries",

@@ -27,7 +27,6 @@ would keep the untrained model; the paper's headline metric is the matching scor
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -40,8 +39,9 @@ from ..datasets import homographies
 from ..datasets.synthetic import SyntheticHomographyPairs, resize_and_crop, warp_image
 from ..errors import ConfigError
 from ..extractors.residual import (WEIGHTS_DIR, ResidualDescriptorNet, load_residual_weights,
-                                   save_residual_weights, sidecar_path, variant_mismatch)
+                                   save_residual_weights, variant_mismatch)
 from ..io.image import image_to_tensor, list_images, read_image
+from ..io.weights import check_export_name, copy_weights
 from ..losses.triplet import TripletLoss
 from . import loop
 
@@ -432,8 +432,7 @@ def build_task(conf) -> ResidualTask:
 
 
 def _check_export_name(name: str, g_name: str, model_conf: dict) -> None:
-    if not name or "/" in name or "\\" in name or name.startswith(".") or name.endswith(".safetensors"):
-        raise ConfigError(f"export name must be a plain file stem such as residual-sift, got {name!r}")
+    check_export_name(name, "residual-sift")
     why = variant_mismatch(name, g_name, model_conf)
     if why:
         raise ConfigError(f"cannot export as {name}: {why}; export it under another name")
@@ -451,16 +450,10 @@ def export_weights(run_dir: str | Path, name: str, which: str = "best") -> Path:
         InputError: the run has no such weights, or they cannot be loaded.
         ConfigError: a bad name, or a registered name whose handcrafted extractor differs from the run's.
     """
-    from ..io.atomic import atomic_path
-
     src = Path(run_dir) / f"{which}.safetensors"
     _, meta = load_residual_weights(src)  # validates the pair of files
     _check_export_name(name, meta["handcrafted"]["name"], meta["model"])
-    dst = WEIGHTS_DIR / f"{name}.safetensors"
-    for s, d in ((src, dst), (sidecar_path(src), sidecar_path(dst))):
-        with atomic_path(d) as tmp:
-            shutil.copyfile(s, tmp)
-    return dst
+    return copy_weights(src, WEIGHTS_DIR / f"{name}.safetensors")
 
 
 __all__ = ["default_conf", "ResidualTask", "HomographyPairStream", "homography_correspondences", "export_weights"]
