@@ -38,7 +38,7 @@ import numpy as np
 from ..conf import resolve_conf, to_container
 from ..errors import ConfigError, InputError
 from ..io.atomic import atomic_write_text
-from ..io.image import as_rgb_uint8, read_image
+from ..io.image import as_rgb_uint8, read_image, resize_exact
 from .rgbd import read_pairs_file
 
 logger = logging.getLogger(__name__)
@@ -159,8 +159,7 @@ def resize_view(image: np.ndarray, K: np.ndarray, size, depth: np.ndarray | None
     out_h, out_w = int(size[0]), int(size[1])
     if (out_h, out_w) == (h, w):
         return image, K.copy(), depth
-    interp = cv2.INTER_AREA if out_h * out_w < h * w else cv2.INTER_LINEAR
-    image = cv2.resize(image, (out_w, out_h), interpolation=interp)
+    image = resize_exact(image, (out_h, out_w))
     K = np.diag([out_w / w, out_h / h, 1.0]) @ K
     if depth is not None:
         depth = resize_depth_nearest(depth, (out_h, out_w))

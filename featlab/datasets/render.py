@@ -34,7 +34,7 @@ import numpy as np
 from ..conf import parse_overrides, resolve_conf, to_container
 from ..errors import ConfigError, InputError
 from ..io.atomic import atomic_write_bytes, atomic_write_text
-from ..io.image import as_rgb_uint8, list_images, read_image
+from ..io.image import as_rgb_uint8, list_images, read_image, resize_exact
 from .posed import PosedCollection, invert_rigid
 
 logger = logging.getLogger(__name__)
@@ -126,8 +126,7 @@ def make_texture(rng: np.random.Generator, photo: np.ndarray, size) -> np.ndarra
         if d > detail:
             crop, detail = candidate, d
     ch, cw = crop.shape[:2]
-    interp = cv2.INTER_AREA if out_h * out_w < ch * cw else cv2.INTER_LINEAR
-    tex = cv2.resize(crop, (out_w, out_h), interpolation=interp)
+    tex = resize_exact(crop, (out_h, out_w))
     if rng.random() < 0.5:
         tex = tex[:, ::-1]
     if rng.random() < 0.5:

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..conf import resolve_conf, to_container
 from ..errors import ConfigError
-from ..io.image import list_images, read_image
+from ..io.image import list_images, read_image, resize_exact
 from ..pixels import homography_to_opencv
 from . import homographies
 
@@ -35,9 +35,7 @@ def resize_and_crop(image: np.ndarray, size, rng: np.random.Generator | None = N
     h, w = image.shape[:2]
     s = max(out_h / h, out_w / w)
     new_h, new_w = max(out_h, int(round(h * s))), max(out_w, int(round(w * s)))
-    if (new_h, new_w) != (h, w):
-        interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
-        image = cv2.resize(image, (new_w, new_h), interpolation=interp)
+    image = resize_exact(image, (new_h, new_w))
     if rng is None:
         y0, x0 = (new_h - out_h) // 2, (new_w - out_w) // 2
     else:

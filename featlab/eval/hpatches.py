@@ -21,10 +21,10 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
-import cv2
 import numpy as np
 
 from ..conf import resolve_conf, to_container
+from ..io.image import resize_exact
 from . import metrics
 from .cache import (FeatureCache, data_identity, extract_numpy, extractor_settings, match_features,
                     no_progress_bar)
@@ -78,10 +78,7 @@ def resize_pair(item: dict, size: tuple[int, int] | None) -> dict:
         img = item[key]
         h, w = img.shape[:2]
         scales.append(np.diag([w_new / w, h_new / h, 1.0]))
-        if (h, w) != (h_new, w_new):
-            interp = cv2.INTER_AREA if h_new * w_new < h * w else cv2.INTER_LINEAR
-            img = cv2.resize(img, (w_new, h_new), interpolation=interp)
-        out[key] = img
+        out[key] = resize_exact(img, (h_new, w_new))
     out["H_0to1"] = scales[1] @ np.asarray(item["H_0to1"], dtype=np.float64) @ np.linalg.inv(scales[0])
     return out
 

@@ -119,6 +119,17 @@ def rgb_to_gray(image: torch.Tensor) -> torch.Tensor:
     return (image * w).sum(1, keepdim=True)
 
 
+def resize_exact(img: np.ndarray, size) -> np.ndarray:
+    """Resize an (H, W[, C]) array to exactly ``size`` = (h, w): the one place that picks the interpolation
+    (INTER_AREA when shrinking, which averages and so does not alias; INTER_LINEAR when enlarging)."""
+    out_h, out_w = int(size[0]), int(size[1])
+    h, w = img.shape[:2]
+    if (out_h, out_w) == (h, w):
+        return img
+    interp = cv2.INTER_AREA if out_h * out_w < h * w else cv2.INTER_LINEAR
+    return cv2.resize(img, (out_w, out_h), interpolation=interp)
+
+
 def resize_image(img: np.ndarray, resize) -> tuple[np.ndarray, tuple[float, float]]:
     """Resize an (H, W, C) array.
 
@@ -135,6 +146,4 @@ def resize_image(img: np.ndarray, resize) -> tuple[np.ndarray, tuple[float, floa
         new_h, new_w = int(resize[0]), int(resize[1])
     if (new_h, new_w) == (h, w):
         return img, (1.0, 1.0)
-    interp = cv2.INTER_AREA if new_h * new_w < h * w else cv2.INTER_LINEAR
-    out = cv2.resize(img, (new_w, new_h), interpolation=interp)
-    return out, (w / new_w, h / new_h)
+    return resize_exact(img, (new_h, new_w)), (w / new_w, h / new_h)

@@ -40,6 +40,7 @@ from torch.utils.data import Dataset
 from ..conf import deep_update, resolve_conf, to_container
 from ..datasets import homographies
 from ..datasets import rgbd as rgbd_module
+from ..datasets.posed import resize_view
 from ..errors import ConfigError, InputError
 from ..geometry.epipolar import fundamental_from_pose
 from ..extractors.caps import WEIGHTS_DIR, load_caps_weights, sample_descriptors, save_caps_weights
@@ -92,15 +93,9 @@ default_conf = {
 
 # --------------------------------------------------------------------------------------------------- data
 def resize_with_intrinsics(image: np.ndarray, K: np.ndarray, size) -> tuple[np.ndarray, np.ndarray]:
-    """Resize an (H, W, 3) image to ``size`` = (h, w) and scale K to match: ``K' = diag(w / W, h / H, 1) K``."""
-    h, w = int(size[0]), int(size[1])
-    H, W = image.shape[:2]
-    K = np.asarray(K, np.float64)
-    if (H, W) == (h, w):
-        return image, K.copy()
-    interp = cv2.INTER_AREA if h * w < H * W else cv2.INTER_LINEAR
-    out = cv2.resize(image, (w, h), interpolation=interp)
-    return out, np.diag([w / W, h / H, 1.0]) @ K
+    """Resize an (H, W, 3) image to ``size`` = (h, w) and scale K to match (:func:`featlab.datasets.posed.resize_view`)."""
+    image, K, _ = resize_view(image, np.asarray(K, np.float64), size)
+    return image, K
 
 
 def sift_locations(detector, image: np.ndarray) -> np.ndarray:
