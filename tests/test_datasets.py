@@ -11,7 +11,7 @@ import pytest
 
 from featlab.datasets import HPatches, RGBDSequence, SyntheticHomographyPairs, photometric_augment, sample_homography
 from featlab.datasets.homographies import corners_inside, frame_corners
-from featlab.datasets.hpatches import adapt_homography_to_resize
+from featlab.geometry.homography import rescale_homography
 from featlab.errors import ConfigError, InputError
 from featlab.pixels import homography_to_opencv
 
@@ -48,7 +48,7 @@ def blob_centroid(image, guess, radius=6):
 # ---------------------------------------------------------------------------------------------- homography sampler
 class TestSampleHomography:
     @pytest.mark.parametrize("size", [(240, 320), (320, 240), (100, 100)])
-    @pytest.mark.parametrize("conf", [None, {"rotation": 80, "perspective": 0.24, "scale": [1.0, 2.0]},
+    @pytest.mark.parametrize("conf", [None, {"rotation": 80, "perspective": 0.48, "scale": [1.0, 2.0]},
                                       {"rotation": 0, "perspective": 0, "translation": 1.0}])
     def test_warped_image_has_no_empty_border(self, size, conf):
         h, w = size
@@ -89,8 +89,10 @@ class TestSampleHomography:
         assert max(abs(a) for a in angles) <= 20 + 1e-6
         assert max(angles) > 10 and min(angles) < -10  # the range is actually used
 
-    @pytest.mark.parametrize("conf", [{"scale": [0.7, 1.4]}, {"perspective": 0.3}, {"rotation": 95},
-                                      {"translation": 2}, {"rotations": 10}])
+    @pytest.mark.parametrize("conf", [{"scale": [0.7, 1.4]}, {"perspective": 0.5}, {"rotation": 95},
+                                      {"translation": 2}, {"rotations": 10}, {"mode": "zoom-out"},
+                                      {"mode": "overlap", "scale": [0.0, 2.0], "translation": 0.2},
+                                      {"mode": "overlap"}])  # overlap: translation is a fraction of the half-side
     def test_bad_conf(self, conf):
         with pytest.raises(ConfigError):
             sample_homography(np.random.default_rng(0), (240, 320), conf)
@@ -291,7 +293,7 @@ class TestHPatches:
             np.testing.assert_allclose(warp(it["H_0to1"], corners), warp(nat["H_0to1"], corners * s0) / s1,
                                        atol=1e-9)
         H = np.array([[1.1, 0.1, 3.0], [0.0, 0.9, -2.0], [1e-3, 0.0, 1.0]])
-        Hs = adapt_homography_to_resize(H, (2.0, 2.0), (2.0, 2.0))
+        Hs = rescale_homography(H, (0.5, 0.5), (0.5, 0.5))
         np.testing.assert_allclose(warp(Hs, np.array([[10.0, 20.0]])), warp(H, np.array([[20.0, 40.0]])) / 2)
 
     def test_errors(self, tmp_path, hpatches_root):

@@ -52,10 +52,20 @@ def register(sub):
     h.add_argument("--pairs-per-image", type=int, default=None, help="synthetic: pairs per photo (default: 1)")
     h.add_argument("--max-images", type=int, default=None, help="synthetic: use only the first N photos")
     h.add_argument("--seed", type=int, default=None, help="synthetic: seed of the warps (default: 0)")
-    h.add_argument("--setting", default=None, help="240x320_300 | 480x640_1000 (default: 480x640_1000)")
+    h.add_argument("--preset", default=None, metavar="NAME",
+                   help="synthetic: warp preset, moderate | hard | zoom-in (default: moderate; zoom-in is the "
+                        "training distribution, for older tables)")
+    h.add_argument("--protocol", default="resized", metavar="NAME",
+                   help="resized (residual paper: images resized to the setting, the default) | d2net (full "
+                        "resolution, the 108-sequence list, 8000 keypoints; --hpatches only)")
+    h.add_argument("--setting", default=None, help="resized: 240x320_300 | 480x640_1000 (default: 480x640_1000)")
     h.add_argument("--resize", type=int, nargs=2, default=None, metavar=("H", "W"),
-                   help="exact image size, overrides the setting's")
-    h.add_argument("--max-keypoints", type=int, default=None, help="top-k keypoints, overrides the setting's")
+                   help="resized: image size, overrides the setting's")
+    h.add_argument("--resize-mode", default=None, metavar="MODE",
+                   help="resized, --hpatches: exact (H x W, aspect not kept, the default) | longest-side (aspect "
+                        "kept, longest side max(H, W))")
+    h.add_argument("--max-keypoints", type=int, default=None,
+                   help="top-k keypoints, overrides the setting's (d2net: default 8000)")
     h.add_argument("--estimator", choices=HOMOGRAPHY_ESTIMATORS, default="ransac",
                    help="robust homography estimator (default: ransac, as SuperPoint)")
     h.add_argument("--ransac-threshold", type=float, default=3.0, help="inlier threshold in px (default: 3)")
@@ -95,15 +105,19 @@ def register(sub):
     s.set_defaults(func=run_speed)
 
 
-HPATCHES_DOC = """Homography benchmark (SuperPoint / D2-Net protocol).
+HPATCHES_DOC = """Homography benchmark (SuperPoint / D2-Net metrics), under a named protocol.
 
-Both images of each pair are resized to the setting's exact size (GT homography adapted), each extractor keeps its
-top-k keypoints, matches are mutual nearest neighbours. Per pair: MMA@1..10 px (fraction of matches whose
+--protocol resized (default, the residual-descriptor paper): both images of each pair are resized to the setting's
+size (exactly, or with --resize-mode longest-side keeping the aspect ratio; GT homography adapted). --protocol d2net
+(D2-Net, --hpatches only): full resolution, the 108 sequences left without the 8 high-resolution ones, top 8000
+keypoints. Each extractor keeps its top-k keypoints, matches are mutual nearest neighbours. Per pair: MMA@1..10 px (fraction of matches whose
 reprojection error with the GT homography is <= t), homography accuracy Cor-1/3/5 (mean error of the 4 warped image
 corners of the robustly estimated homography <= t px; a failed estimate counts as wrong), matching score (SuperPoint:
 correct matches / keypoints in the shared region, both directions averaged) and symmetric repeatability at 3 px;
-then averaged over pairs, overall and per i_/v_ split. With --synthetic every output is labelled "synthetic warps of
-<folder>".
+then averaged over pairs, overall and per i_/v_ split, and per bin of the GT in-plane rotation and scale. With
+--synthetic every output is labelled "synthetic warps of <folder>" and names its --preset: moderate (rotation
++-30 deg, scale 0.7-1.4, perspective 0.2) or hard (+-60 deg, scale 0.5-2, perspective 0.35), photometric changes
+included, the pairs drawn from the benchmark's random stream.
 
 Settings (residual-descriptor paper): 240x320_300, 480x640_1000 (H x W _ keypoints).
 """
@@ -151,38 +165,48 @@ def run_hpatches(args) -> int:
     from ..eval.report import args_to_dict, environment, write_json, write_markdown
 
     out = _setup(args)
-    size, k = hpatches.resolve_setting(args.setting, args.resize, args.max_keypoints)
+    if args.synthetic is not None and (args.protocol != "resized" or args.resize_mode is not None):
+        raise ConfigError("--protocol d2net and --resize-mode apply to --hpatches only (synthetic pairs are made "
+                          "at the setting's size)")
+    proto = hpatches.protocol_conf(args.protocol, args.setting, args.resize, args.max_keypoints, args.resize_mode)
+    size, k = proto["resize"], proto["max_keypoints"]
     if args.pairs_per_image is not None and args.pairs_per_image < 1:
         raise ConfigError(f"--pairs-per-image must be >= 1, got {args.pairs_per_image}")
-    if args.hpatches is not None and any(v is not None for v in (args.pairs_per_image, args.max_images, args.seed)):
-        raise ConfigError("--pairs-per-image, --max-images and --seed apply to --synthetic only")
+    if args.hpatches is not None and any(v is not None for v in (args.pairs_per_image, args.max_images, args.seed,
+                                                                 args.preset)):
+        raise ConfigError("--pairs-per-image, --max-images, --seed and --preset apply to --synthetic only")
     # build everything before any work: bad method names / weights and bad data paths fail first
     methods = _methods(args, {"max_keypoints": k, "resize": None})
     if args.hpatches is not None:
-        from ..datasets.hpatches import HPatches
+        from ..datasets.hpatches import D2NET_EXCLUDED, HPatches
 
-        dataset = HPatches(args.hpatches, sequences=args.sequences, split=args.split,
-                           conf={"resize": list(size)})
+        exclude = list(D2NET_EXCLUDED) if proto["protocol"] == "d2net" else []
+        # native images: the benchmark resizes them (one resize, one place)
+        dataset = HPatches(args.hpatches, sequences=args.sequences, split=args.split, conf={"exclude": exclude})
         label = f"HPatches ({args.hpatches.name}: {len(dataset.sequences)} sequence(s), split {args.split})"
         benchmark = "hpatches"
         source = {"kind": "hpatches", "label": label, "root": str(args.hpatches.resolve()), "split": args.split,
                   "sequences": list(dataset.sequences), "dataset_conf": dataset.conf}
     else:
-        from ..datasets.synthetic import SyntheticHomographyPairs
+        from ..datasets import homographies
+        from ..datasets.synthetic import SyntheticHomographyPairs, preset_conf
 
         if args.sequences is not None or args.split != "all":
             raise ConfigError("--sequences and --split apply to --hpatches only")
+        preset = args.preset or "moderate"
         dataset = SyntheticHomographyPairs(args.synthetic, {
             "resize": list(size), "pairs_per_image": args.pairs_per_image or 1, "max_images": args.max_images,
-            "seed": args.seed or 0})
+            "seed": args.seed or 0, "role": "benchmark", **preset_conf(preset)})
         label = f"synthetic warps of {args.synthetic}"
         benchmark = "synthetic"
         source = {"kind": "synthetic", "label": label, "root": str(args.synthetic.resolve()),
-                  "dataset_conf": dataset.conf, "synthetic": True}
-    conf = {"resize": list(size), "max_keypoints": k, "estimator": args.estimator,
-            "ransac_threshold": args.ransac_threshold}
-    logger.info("%s: %d pairs, methods %s, %dx%d, top %d keypoints", label, len(dataset), ", ".join(methods),
-                size[0], size[1], k)
+                  "preset": preset, "warps": homographies.describe(dataset.conf.homography),
+                  "photometric": bool(dataset.conf.photometric.enabled), "dataset_conf": dataset.conf,
+                  "synthetic": True}
+    conf = {**proto, "estimator": args.estimator, "ransac_threshold": args.ransac_threshold}
+    logger.info("%s: %d pairs, methods %s, %s protocol, %s, top %d keypoints", label, len(dataset),
+                ", ".join(methods), proto["protocol"], "full resolution" if size is None else
+                f"{size[0]}x{size[1]} ({proto['resize_mode']})", k)
     result = hpatches.run_benchmark(dataset, methods, conf, out / "cache", source, progress=_progress(args))
     result = {"benchmark": benchmark, "title": label, **result, "args": args_to_dict(args),
               "environment": environment()}

@@ -7,7 +7,11 @@ Layout::
 
 Sequence names start with ``i_`` (illumination changes) or ``v_`` (viewpoint changes). Each sequence gives the five
 pairs 1-2 .. 1-6. The homographies are converted once to featlab pixels (:func:`featlab.pixels.homography_from_opencv`)
-and, when the images are resized, adapted to the resized images.
+and, when the images are resized, adapted to the resized images
+(:func:`featlab.geometry.homography.rescale_homography`).
+
+The D2-Net protocol evaluates 108 of the 116 sequences: it leaves out the 8 high-resolution ones
+(:data:`D2NET_EXCLUDED`, passed as ``conf.exclude``).
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..conf import resolve_conf
+from ..geometry.homography import rescale_homography
 from ..io.text import read_matrix_file
 from ..errors import ConfigError, InputError
 from ..io.image import IMAGE_EXTENSIONS, read_image, resize_image
@@ -23,7 +28,12 @@ from ..pixels import homography_from_opencv
 
 default_conf = {
     "resize": None,  # None: native size; int: longest side; [H, W]: exact size (H_0to1 is adapted to match)
+    "exclude": [],  # sequence names left out (absent ones are fine), e.g. D2NET_EXCLUDED
 }
+
+#: the 8 high-resolution sequences that D2-Net's HPatches protocol leaves out (108 sequences remain)
+D2NET_EXCLUDED = ("i_contruction", "i_crownnight", "i_dc", "i_pencils", "i_whitebuilding", "v_artisans",
+                  "v_astronautis", "v_talent")
 
 SPLITS = ("all", "i", "v")
 NUM_IMAGES = 6
@@ -56,19 +66,6 @@ def split_of(sequence: str) -> str:
     return sequence[0] if sequence[:2] in ("i_", "v_") else ""
 
 
-def adapt_homography_to_resize(H_0to1: np.ndarray, scale0, scale1) -> np.ndarray:
-    """Homography between resized images from one between the originals.
-
-    ``scale_i = (sx, sy)`` maps resized to original coordinates of image i (p_orig = p_resized * scale, as returned
-    by :func:`featlab.io.image.resize_image`), so with ``S_i = diag(1/sx, 1/sy, 1)`` (original -> resized):
-    ``H' = S1 H S0^-1``. Exact in featlab pixels, where resizing is a pure scaling.
-    """
-    S0_inv = np.diag([scale0[0], scale0[1], 1.0])
-    S1 = np.diag([1.0 / scale1[0], 1.0 / scale1[1], 1.0])
-    H = S1 @ np.asarray(H_0to1, np.float64) @ S0_inv
-    return H / H[2, 2]
-
-
 class HPatches:
     """HPatches image pairs (reference image 1 against images 2..6 of every sequence).
 
@@ -76,7 +73,7 @@ class HPatches:
         root: folder holding the sequence folders.
         sequences: names of the sequences to use (None: every sequence folder under root).
         split: 'all', 'i' (illumination) or 'v' (viewpoint).
-        conf: overrides of :data:`default_conf`.
+        conf: overrides of :data:`default_conf`; ``exclude`` drops sequences after ``sequences`` and ``split``.
 
     Items (``dataset[k]``, iteration, ``len(dataset)``)::
 
@@ -90,7 +87,7 @@ class HPatches:
     Raises:
         InputError: missing root, unknown sequence, a sequence with missing images or H files, a malformed H file,
             no sequence left after filtering.
-        ConfigError: unknown split or config key.
+        ConfigError: unknown split or config key; a sequence asked for by name and excluded.
     """
 
     def __init__(self, root, sequences=None, split: str = "all", conf=None):
@@ -110,10 +107,15 @@ class HPatches:
                 raise InputError(f"HPatches sequences not found under {self.root}: {', '.join(missing)} "
                                  f"(available: {', '.join(available[:10]) or 'none'}"
                                  f"{', ...' if len(available) > 10 else ''})")
+        excluded = set(self.conf.exclude)
+        if sequences is not None and excluded.intersection(names):
+            raise ConfigError(f"HPatches sequences asked for but excluded: {', '.join(sorted(excluded & set(names)))}")
+        names = [s for s in names if s not in excluded]
         if split != "all":
             names = [s for s in names if split_of(s) == split]
         if not names:
-            raise InputError(f"no HPatches sequence (split '{split}') found under {self.root}")
+            raise InputError(f"no HPatches sequence (split '{split}'"
+                             f"{', after the exclusions' if excluded else ''}) found under {self.root}")
         resize = self.conf.resize
         if resize is not None and not isinstance(resize, (int, float)):
             if len(resize) != 2:
@@ -152,8 +154,9 @@ class HPatches:
         seq, k, path0, path1, H = self.items[index]
         image0, scale0 = self._load(path0)
         image1, scale1 = self._load(path1)
-        if self._resize is not None:
-            H = adapt_homography_to_resize(H, scale0, scale1)
+        if self._resize is not None:  # resize_image's scales map resized -> original
+            H = rescale_homography(H, (1.0 / scale0[0], 1.0 / scale0[1]), (1.0 / scale1[0], 1.0 / scale1[1]))
+            H = H / H[2, 2]
         return {
             "name": f"{seq}/1-{k}",
             "sequence": seq,

@@ -21,6 +21,9 @@ Definitions (thresholds are inclusive: "within t px" means ``error <= t``):
 - **repeatability** (SuperPoint): keypoints of image 0 warped into image 1 and keypoints of image 1, each kept
   only if inside the other view (shared region); a kept keypoint is repeated if a kept keypoint of the other
   image lies within t px. ``(repeated0 + repeated1) / (n0 + n1)``; 0 when the shared region holds no keypoint.
+- **GT rotation and scale** of a homography pair: the in-plane angle and scale of the ground-truth homography's
+  local affine at the image-0 centre (polar decomposition; :func:`gt_rotation_scale`). Pairs are grouped by
+  ``|angle|`` in :data:`ROTATION_BINS` and by scale in :data:`SCALE_BINS` (bins are ``[lo, hi)``).
 - **relative pose error**: ``max(rotation angle error, translation direction error)`` in degrees, ``inf`` for a
   failed estimation; **pose AUC@t** is the area under the cumulative error curve up to t, normalised by t
   (:func:`featlab.geometry.pose.pose_auc`, failures never reach the curve).
@@ -39,6 +42,12 @@ MMA_THRESHOLDS = tuple(range(1, 11))
 HOMOGRAPHY_THRESHOLDS = (1, 3, 5)
 #: pose-AUC thresholds in degrees
 POSE_THRESHOLDS = (5, 10, 20)
+#: (label, lo, hi): bins of |in-plane rotation| in degrees, [lo, hi)
+ROTATION_BINS = (("0-10", 0.0, 10.0), ("10-20", 10.0, 20.0), ("20-30", 20.0, 30.0), ("30-45", 30.0, 45.0),
+                 ("45-60", 45.0, 60.0), ("60+", 60.0, float("inf")))
+#: (label, lo, hi): bins of the scale (> 1: image 1 magnified), [lo, hi)
+SCALE_BINS = (("<0.6", 0.0, 0.6), ("0.6-0.7", 0.6, 0.7), ("0.7-0.85", 0.7, 0.85), ("0.85-1.0", 0.85, 1.0),
+              ("1.0-1.2", 1.0, 1.2), ("1.2-1.4", 1.2, 1.4), ("1.4-1.7", 1.4, 1.7), ("1.7+", 1.7, float("inf")))
 
 
 def _warp(points: np.ndarray, H: np.ndarray) -> np.ndarray:
@@ -185,6 +194,36 @@ def repeatability(kpts0: np.ndarray, kpts1: np.ndarray, H: np.ndarray, image_siz
     rep0 = (dist.min(1) <= threshold).sum()
     rep1 = (dist.min(0) <= threshold).sum()
     return float((rep0 + rep1) / (n0 + n1))
+
+
+def gt_rotation_scale(H: np.ndarray, image_size0: tuple[int, int]) -> tuple[float | None, float | None]:
+    """In-plane rotation (degrees) and scale of a ground-truth homography at the centre of image 0.
+
+    Args:
+        H: (3, 3) image 0 -> image 1; image_size0: (H, W) of image 0.
+    Returns:
+        (angle in (-180, 180], scale), see :func:`featlab.geometry.homography.local_rotation_scale`; (None, None)
+        when the homography has no orientation-preserving local affine there (such a pair is in no bin).
+    """
+    from ..errors import GeometryError
+    from ..geometry.homography import local_rotation_scale
+
+    h, w = image_size0
+    try:
+        return local_rotation_scale(H, (w / 2.0, h / 2.0))
+    except GeometryError:
+        return None, None
+
+
+def bin_of(value: float | None, bins) -> str | None:
+    """The label of the ``[lo, hi)`` bin of ``bins`` (:data:`ROTATION_BINS`, :data:`SCALE_BINS`) holding
+    ``value``; None for None or a value outside every bin."""
+    if value is None:
+        return None
+    for label, lo, hi in bins:
+        if lo <= value < hi:
+            return label
+    return None
 
 
 def pose_error(T_0to1: np.ndarray, R: np.ndarray | None, t: np.ndarray | None) -> float:

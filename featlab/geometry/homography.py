@@ -1,4 +1,5 @@
-"""Homographies in featlab pixels: warping points and images, and the HPatches corner error.
+"""Homographies in featlab pixels: warping points and images, resized images, local rotation and scale, and the
+HPatches corner error.
 
 Every homography in featlab maps featlab pixel coordinates (centre of the top-left pixel at (0.5, 0.5), see
 :mod:`featlab.pixels`) of image 0 to those of image 1: ``p1 ~ H_0to1 @ [x0, y0, 1]``. Homographies read from
@@ -12,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..errors import GeometryError
 from ..pixels import pixel_grid, warp_image_grid
 
 #: |w| below this is clamped (keeping its sign) before the projective division, so points at infinity stay finite
@@ -152,3 +154,59 @@ def symmetric_transfer_error(p0, p1, H):
         e01 = (warp_points_homography(p0.to(dtype), H) - p1.to(dtype)).norm(dim=-1)
         e10 = (warp_points_homography(p1.to(dtype), torch.linalg.inv(H)) - p0.to(dtype)).norm(dim=-1)
         return 0.5 * (e01 + e10)
+
+
+def rescale_homography(H_0to1, scale0, scale1) -> np.ndarray:
+    """The homography between resized images: ``S1 @ H_0to1 @ inv(S0)``.
+
+    In featlab pixels an image of width W spans [0, W], so resizing image i by ``(sx_i, sy_i)`` (new coordinates =
+    old coordinates * scale, e.g. ``sx = W'/W``) is the pure scaling ``S_i = diag(sx_i, sy_i, 1)``, exactly.
+
+    Args:
+        H_0to1: (3, 3) homography between the original images.
+        scale0, scale1: (sx, sy) of image 0 and image 1, resized size over original size.
+    Returns:
+        (3, 3) float64 homography between the resized images.
+    """
+    S0_inv = np.diag([1.0 / float(scale0[0]), 1.0 / float(scale0[1]), 1.0])
+    S1 = np.diag([float(scale1[0]), float(scale1[1]), 1.0])
+    return S1 @ np.asarray(H_0to1, dtype=np.float64) @ S0_inv
+
+
+def local_affine(H, point) -> np.ndarray:
+    """The Jacobian of ``x -> H(x)`` at ``point``: the local affine part of a homography, (2, 2) float64.
+
+    With ``(u, v, w) = H @ (x, y, 1)``: ``J = (H[:2, :2] - H(p) H[2, :2]) / w``.
+
+    Raises:
+        GeometryError: the point is mapped to infinity (w ~ 0).
+    """
+    H = np.asarray(H, dtype=np.float64)
+    ph = H @ np.array([float(point[0]), float(point[1]), 1.0])
+    if abs(ph[2]) < 1e-12 * max(1.0, np.abs(ph[:2]).max()):
+        raise GeometryError(f"the homography maps {tuple(point)} to infinity: no local affine there")
+    mapped = ph[:2] / ph[2]
+    return (H[:2, :2] - np.outer(mapped, H[2, :2])) / ph[2]
+
+
+def local_rotation_scale(H, point) -> tuple[float, float]:
+    """In-plane rotation and scale of a homography at a point, from its local affine ``J`` (:func:`local_affine`).
+
+    Polar decomposition ``J = R P`` (R a rotation, P symmetric positive definite, from the SVD ``J = U S V^T``:
+    ``R = U V^T``): the angle of R, and ``sqrt(|det J|)`` (the square root of the local area ratio).
+
+    Args:
+        H: (3, 3) homography image 0 -> image 1; point: (x, y) in image 0 (benchmarks use the image-0 centre).
+    Returns:
+        (angle in degrees in (-180, 180], ``atan2(R[1, 0], R[0, 0])``: positive turns the x axis towards the y
+        axis, i.e. clockwise on screen where y points down; scale, > 1 when image 1 is magnified).
+    Raises:
+        GeometryError: the point is mapped to infinity, or the local affine is singular or a reflection.
+    """
+    J = local_affine(H, point)
+    det = float(np.linalg.det(J))
+    if not np.isfinite(det) or det <= 0.0:
+        raise GeometryError(f"the homography is singular or mirrors the image at {tuple(point)} (det J = {det:g})")
+    U, _, Vt = np.linalg.svd(J)
+    R = U @ Vt
+    return float(np.degrees(np.arctan2(R[1, 0], R[0, 0]))), float(np.sqrt(det))
