@@ -359,8 +359,8 @@ class TestRobust:
         assert np.median(d) < 0.5 and np.percentile(d, 90) < 1.5
         assert (mask & ~outliers).sum() > 0.6 * (~outliers).sum() and (mask & outliers).sum() < 5
 
-    # classic RANSAC keeps the best minimal-sample model without a final refit: looser bounds
-    @pytest.mark.parametrize("method,max_err_R,max_err_t", [("opencv", 1.0, 3.0), ("ransac", 2.0, 10.0),
+    # SuperGlue's classic RANSAC keeps the best minimal-sample model without a final refit: looser bounds
+    @pytest.mark.parametrize("method,max_err_R,max_err_t", [("superglue", 2.0, 10.0), ("magsac", 1.0, 3.0),
                                                             ("poselib", 1.0, 3.0)])
     @pytest.mark.parametrize("skew", [0.0, 5.0])
     def test_relative_pose_with_outliers(self, method, max_err_R, max_err_t, skew):
@@ -399,12 +399,12 @@ class TestRobust:
                 F, mask_f = estimate_fundamental(a, b, method=method)
                 assert H is None and F is None, (name, method)
                 assert mask.shape == (len(a),) and not mask.any() and not mask_f.any()
-            for method in ("opencv", "ransac", "poselib"):
+            for method in ("superglue", "magsac", "poselib"):
                 R, t, mask = estimate_relative_pose(a, b, K0, K1, method=method)
                 assert R is None and t is None and not mask.any(), (name, method)
         # a minimal sample gives one model or None (OpenCV may return stacked solutions), never an exception
         for k in (4, 5, 7):
-            for method in ("opencv", "ransac", "poselib"):
+            for method in ("superglue", "magsac", "poselib"):
                 R, t, _ = estimate_relative_pose(x0[:k], x1[:k], K0, K1, method=method)
                 assert R is None or (R.shape == (3, 3) and t.shape == (3,))
             F, _ = estimate_fundamental(x0[:k], x1[:k], method="ransac")

@@ -1,10 +1,20 @@
 """Robust two-view estimation (numpy): homography, fundamental matrix and relative pose from noisy matches.
 
-Backends:
+Homography and fundamental matrix backends:
     "magsac"  OpenCV USAC with MAGSAC++ scoring (``cv2.USAC_MAGSAC``), the default.
     "ransac"  OpenCV's classic RANSAC (``cv2.RANSAC``).
     "poselib" PoseLib's LO-RANSAC with non-linear refinement.
-    "opencv"  (relative pose only) same as "magsac".
+
+Relative-pose estimators (:data:`RELPOSE_METHODS`, defaults in :data:`RELPOSE_DEFAULTS`):
+    "superglue" (default) SuperGlue's protocol (``estimate_pose`` in its evaluation code): OpenCV
+              ``findEssentialMat`` with classic RANSAC on K-normalised points (each view by its own K),
+              threshold = ``threshold`` px / mean focal length of the two cameras, confidence 0.99999, 1000
+              iterations (OpenCV's default, which SuperGlue leaves unchanged), then ``recoverPose`` on every
+              returned E candidate, keeping the one with the most points in front of both cameras.
+    "magsac"  OpenCV USAC MAGSAC++ on ``f_mean * K^-1 x`` then ``recoverPose``; confidence 0.9999, 10000
+              iterations (featlab's default before the SuperGlue protocol; "opencv" is read as its old name).
+    "poselib" PoseLib's 5-point LO-RANSAC + non-linear refinement; confidence 0.9999, 10000 iterations.
+:func:`relative_pose_settings` gives the settings a call actually runs with, for labelling results.
 
 Coordinates: points are featlab pixels (centre of the top-left pixel at (0.5, 0.5)) and K is in featlab pixels.
 A homography or fundamental matrix maps whatever coordinates it was estimated from, so ``H`` / ``F`` returned
@@ -14,9 +24,10 @@ error in image 1 for H, point-to-epipolar-line distance for F and E (for E measu
 the points normalised by their own K and rescaled by the mean focal length of both cameras).
 
 Degenerate input never raises and never reaches OpenCV / PoseLib: fewer matches than the minimal sample,
-non-finite coordinates, all points identical or collinear in either image, or a solver returning no model or
-several stacked models all give ``None`` and an all-False inlier mask. Malformed input (wrong shapes, mismatched
-lengths, an unknown method, a singular K) raises :class:`~featlab.errors.InputError` / ``ConfigError``.
+non-finite coordinates, all points identical or collinear in either image, or a solver returning no model
+all give ``None`` and an all-False inlier mask (homography and fundamental matrix: several stacked models too).
+Malformed input (wrong shapes, mismatched lengths, an unknown method, a singular K) raises
+:class:`~featlab.errors.InputError` / ``ConfigError``.
 """
 from __future__ import annotations
 
@@ -31,6 +42,23 @@ MIN_MATCHES = {"homography": 4, "fundamental": 7, "essential": 5}
 _DEGENERATE_RTOL = 1e-8
 
 _OPENCV_METHODS = {"magsac": cv2.USAC_MAGSAC, "ransac": cv2.RANSAC}
+
+#: relative-pose estimators, the first is the default
+RELPOSE_METHODS = ("superglue", "magsac", "poselib")
+#: confidence and iteration cap each relative-pose estimator runs with unless told otherwise
+RELPOSE_DEFAULTS = {
+    "superglue": {"confidence": 0.99999, "max_iters": 1000},  # SuperGlue: prob=0.99999, OpenCV's maxIters
+    "magsac": {"confidence": 0.9999, "max_iters": 10000},
+    "poselib": {"confidence": 0.9999, "max_iters": 10000},
+}
+#: one-line description of each relative-pose estimator, for result tables
+RELPOSE_LABELS = {
+    "superglue": "SuperGlue's protocol: OpenCV RANSAC essential matrix on K-normalised points, then recoverPose",
+    "magsac": "OpenCV USAC MAGSAC++ essential matrix, then recoverPose",
+    "poselib": "PoseLib 5-point LO-RANSAC with non-linear refinement",
+}
+#: old names still accepted (run configs written before the SuperGlue protocol became the default)
+_RELPOSE_ALIASES = {"opencv": "magsac"}
 
 
 def _check_method(method: str, allowed: tuple[str, ...]) -> str:
@@ -179,28 +207,57 @@ def _normalise(p: np.ndarray, K: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x[:, :2] / x[:, 2:])
 
 
-def estimate_relative_pose(p0, p1, K0, K1, method: str = "opencv", threshold: float = 1.0,
-                           confidence: float = 0.9999, max_iters: int = 10000):
+def relative_pose_settings(method: str = "superglue", threshold: float = 1.0, confidence: float | None = None,
+                           max_iters: int | None = None) -> dict:
+    """The settings :func:`estimate_relative_pose` runs with, to name in every result.
+
+    Args:
+        method: one of :data:`RELPOSE_METHODS` (or the old name "opencv" = "magsac").
+        threshold: inlier threshold in pixels (of a camera with the mean focal length of the pair).
+        confidence, max_iters: None for the method's default (:data:`RELPOSE_DEFAULTS`).
+    Returns:
+        ``{"method", "threshold", "confidence", "max_iters"}`` with the canonical method name and the defaults
+        filled in.
+    Raises:
+        ConfigError: unknown method, non-positive threshold, confidence outside (0, 1), max_iters < 1.
+    """
+    method = _RELPOSE_ALIASES.get(method, method)
+    _check_method(method, RELPOSE_METHODS)
+    defaults = RELPOSE_DEFAULTS[method]
+    confidence = defaults["confidence"] if confidence is None else float(confidence)
+    max_iters = defaults["max_iters"] if max_iters is None else int(max_iters)
+    if not float(threshold) > 0 or not 0 < confidence < 1 or max_iters < 1:
+        raise ConfigError(f"relative pose needs threshold > 0, 0 < confidence < 1 and max_iters >= 1, got "
+                          f"{threshold}, {confidence}, {max_iters}")
+    return {"method": method, "threshold": float(threshold), "confidence": confidence, "max_iters": max_iters}
+
+
+def estimate_relative_pose(p0, p1, K0, K1, method: str = "superglue", threshold: float = 1.0,
+                           confidence: float | None = None, max_iters: int | None = None):
     """Robustly estimate the relative pose (R, t direction) of two calibrated views.
 
     Args:
         p0, p1: (N, 2) matched points in featlab pixels.
         K0, K1: (3, 3) intrinsics in featlab pixels.
-        method: 'opencv' (= 'magsac': ``cv2.findEssentialMat`` with USAC MAGSAC++ then ``cv2.recoverPose``, on
-            coordinates ``f_mean * K^-1 x`` with f_mean the mean focal length of K0 and K1), 'ransac' (the same
-            with classic RANSAC, no final refit: noticeably less accurate), or 'poselib'
-            (``poselib.estimate_relative_pose``, 5-point LO-RANSAC + non-linear refinement: the most accurate).
+        method: 'superglue' (default: SuperGlue's protocol, ``cv2.findEssentialMat`` with classic RANSAC on
+            ``K^-1 x`` with threshold ``threshold / f_mean``, then ``cv2.recoverPose`` on each E candidate, the
+            one with the most points in front of both cameras kept), 'magsac' (USAC MAGSAC++ on
+            ``f_mean * K^-1 x`` then ``cv2.recoverPose``; 'opencv' is its old name) or 'poselib'
+            (``poselib.estimate_relative_pose``, 5-point LO-RANSAC + non-linear refinement). f_mean is the mean
+            of fx and fy of both cameras (SuperGlue's code averages K0's fx and K1's fy, the same for square
+            pixels). See the module docstring.
         threshold: inlier epipolar distance in pixels (of a camera with focal length f_mean).
-        confidence: RANSAC success probability.
-        max_iters: iteration cap.
+        confidence: RANSAC success probability; None: the method's default (superglue 0.99999, others 0.9999).
+        max_iters: iteration cap; None: the method's default (superglue 1000, others 10000).
     Returns:
         (R (3, 3), t (3,) unit vector, inliers (N,) bool) with ``X1 = R X0 + t`` (the pose ``T_0to1`` up to the
         scale of t), or (None, None, all-False mask) for degenerate input or when no pose is found. The mask
         marks the epipolar inliers of the robust fit.
     Raises:
         InputError: malformed points or intrinsics.
+        ConfigError: unknown method or bad settings.
     """
-    _check_method(method, ("opencv", "magsac", "ransac", "poselib"))
+    s = relative_pose_settings(method, threshold, confidence, max_iters)
     K0, K1 = _as_intrinsics(K0, "K0"), _as_intrinsics(K1, "K1")
     p0, p1, ok = _prepare(p0, p1, MIN_MATCHES["essential"])
     n = len(p0)
@@ -208,12 +265,10 @@ def estimate_relative_pose(p0, p1, K0, K1, method: str = "opencv", threshold: fl
     if not ok:
         return fail
     f_mean = float(np.mean([K0[0, 0], K0[1, 1], K1[0, 0], K1[1, 1]]))
+    solver = {"superglue": _relative_pose_superglue, "magsac": _relative_pose_magsac,
+              "poselib": _relative_pose_poselib}[s["method"]]
     try:
-        if method == "poselib":
-            R, t, mask = _relative_pose_poselib(p0, p1, K0, K1, threshold, f_mean, confidence, max_iters)
-        else:
-            R, t, mask = _relative_pose_opencv(p0, p1, K0, K1, _OPENCV_METHODS.get(method, cv2.USAC_MAGSAC),
-                                               threshold, f_mean, confidence, max_iters)
+        R, t, mask = solver(p0, p1, K0, K1, s["threshold"], f_mean, s["confidence"], s["max_iters"])
     except (cv2.error, RuntimeError, ValueError, np.linalg.LinAlgError):
         return fail
     if R is None:
@@ -228,13 +283,53 @@ def estimate_relative_pose(p0, p1, K0, K1, method: str = "opencv", threshold: fl
     return R, t / t_norm, mask
 
 
-def _relative_pose_opencv(p0, p1, K0, K1, cv_method, threshold, f_mean, confidence, max_iters):
+def recover_best_pose(E, q0: np.ndarray, q1: np.ndarray, mask: np.ndarray):
+    """SuperGlue's choice among the essential matrices of one RANSAC run: ``cv2.recoverPose`` on each candidate
+    (the RANSAC inliers only), the first with the most points in front of both cameras.
+
+    SuperGlue's code calls ``cv2.recoverPose(E, kpts0, kpts1, np.eye(3), 1e9, mask=mask)``; OpenCV's Python binding
+    takes that 1e9 as the R output argument, so what runs is the plain ``recoverPose`` (points triangulated
+    farther than 50 baselines do not count), as here. Two deliberate differences: each candidate is judged on
+    its own copy of the RANSAC mask (SuperGlue's array is overwritten by each call, so later candidates were
+    counted on the previous one's cheirality inliers), and the returned mask is the RANSAC one. OpenCV returns
+    several candidates only when no RANSAC loop runs (exactly 5 matches), so neither changes benchmark numbers.
+
+    Args:
+        E: (3k, 3) or (k, 3, 3) candidate essential matrices (OpenCV stacks up to 10 five-point solutions).
+        q0, q1: (N, 2) points normalised by their own K (``K^-1 x``).
+        mask: (N,) bool RANSAC inliers.
+    Returns:
+        (R (3, 3), t (3,)) or (None, None) when no candidate has a point in front of both cameras.
+    """
+    best, best_count = (None, None), 0
+    for E_k in np.asarray(E, np.float64).reshape(-1, 3, 3):
+        if not np.all(np.isfinite(E_k)):
+            continue
+        # recoverPose overwrites its mask with the cheirality inliers: each candidate gets a fresh copy
+        count, R, t, _ = cv2.recoverPose(E_k, q0, q1, np.eye(3), mask=mask.astype(np.uint8)[:, None].copy())
+        if count > best_count:
+            best, best_count = (R, t.reshape(-1)), count
+    return best
+
+
+def _relative_pose_superglue(p0, p1, K0, K1, threshold, f_mean, confidence, max_iters):
+    q0, q1 = _normalise(p0, K0), _normalise(p1, K1)
+    E, mask = cv2.findEssentialMat(q0, q1, np.eye(3), method=cv2.RANSAC, prob=confidence,
+                                   threshold=threshold / f_mean, maxIters=max_iters)
+    if E is None or mask is None or E.ndim != 2 or E.shape[1] != 3 or E.shape[0] % 3:
+        return None, None, None
+    mask = np.asarray(mask).reshape(-1).astype(bool)
+    R, t = recover_best_pose(E, q0, q1, mask)
+    return R, t, mask
+
+
+def _relative_pose_magsac(p0, p1, K0, K1, threshold, f_mean, confidence, max_iters):
     # Normalise each view by its own K, then rescale both by one common focal length so that coordinates and
     # threshold stay in pixel units: USAC MAGSAC++ is markedly less accurate on unit-focal coordinates with a
     # threshold of ~1e-3 (the same two-stage scheme as OpenCV's two-camera findEssentialMat).
     K = np.diag([f_mean, f_mean, 1.0])
     q0, q1 = f_mean * _normalise(p0, K0), f_mean * _normalise(p1, K1)
-    E, mask = cv2.findEssentialMat(q0, q1, K, cv_method, confidence, float(threshold), max_iters)
+    E, mask = cv2.findEssentialMat(q0, q1, K, cv2.USAC_MAGSAC, confidence, float(threshold), max_iters)
     E, mask = _model_or_none(E, mask, len(p0), MIN_MATCHES["essential"])  # a stack of solutions is rejected
     if E is None:
         return None, None, mask
