@@ -2,12 +2,14 @@
 
 A component declares ``default_conf`` (a nested dict, a comment per key) and receives only its own section.
 :func:`resolve_conf` merges a user section into the defaults with OmegaConf in struct mode, so a typo such as
-``max_keypionts`` raises :class:`ConfigError` naming the valid keys. Experiments are YAML files plus
-``key.sub=value`` command-line overrides (:func:`load_yaml_with_overrides`); the resolved config is saved beside
-every output (:func:`save_conf`).
+``max_keypionts`` raises :class:`ConfigError` naming the valid keys, and so does a value of the wrong type (the
+type is the default's; a key whose default is None declares its types with :class:`none_or`). Experiments are YAML
+files plus ``key.sub=value`` command-line overrides (:func:`load_yaml_with_overrides`); the resolved config is saved
+beside every output (:func:`save_conf`).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -15,6 +17,41 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
 from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class none_or:  # noqa: N801 - reads as a default value: "ratio": none_or(float)
+    """A default of None (null in YAML) for a key that otherwise takes one of ``types``.
+
+    ``"ratio": none_or(float)`` defaults to None and accepts null or a float (ints too, as for float defaults);
+    ``"resize": none_or(int, list)`` an int or a list. Types: bool, int, float, str, list (lists and tuples),
+    dict (mappings, with any keys), pathlib.Path. :func:`resolve_conf` replaces the marker by None.
+    """
+
+    types: tuple
+
+    def __init__(self, *types: type):
+        if not types or not all(isinstance(t, type) for t in types):
+            raise TypeError(f"none_or takes one or more types, got {types!r}")
+        object.__setattr__(self, "types", tuple(types))
+
+    def __repr__(self) -> str:
+        return " or ".join(t.__name__ for t in self.types) + " or null"
+
+
+def _is_instance(value, kind: type) -> bool:
+    """isinstance for config values: bools are not numbers, ints are floats, tuples are lists."""
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is list:
+        return isinstance(value, (list, tuple))
+    if kind is dict:
+        return isinstance(value, Mapping)
+    return isinstance(value, kind)
 
 
 def _check_keys(defaults: Mapping, user: Mapping, where: str, open_keys=()):
@@ -26,27 +63,33 @@ def _check_keys(defaults: Mapping, user: Mapping, where: str, open_keys=()):
         if isinstance(value, Mapping) and isinstance(default, Mapping) and f"{where}{key}" not in open_keys:
             _check_keys(default, value, f"{where}{key}.", open_keys)
         elif not _compatible(default, value):
-            raise ConfigError(f"bad value for '{where}{key}': expected {type(default).__name__} "
-                              f"(default {default!r}), got {value!r}")
+            if isinstance(default, none_or):
+                expected, shown = repr(default), "null"
+            else:
+                expected, shown = type(default).__name__, repr(default)
+            raise ConfigError(f"bad value for '{where}{key}': expected {expected} (default {shown}), got {value!r}")
 
 
 def _compatible(default, value) -> bool:
-    """Type check against the default: None defaults accept anything; ints are accepted for floats."""
+    """Type check against the default (lists and mappings also accept null). A plain None default accepts
+    anything: declare its types with :class:`none_or` (every default in featlab does, tests/test_core.py)."""
     if default is None:
         return True
-    if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(default, float):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if isinstance(default, int):
-        return isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(default, str):
-        return isinstance(value, str)
+    if isinstance(default, none_or):
+        return value is None or any(_is_instance(value, t) for t in default.types)
     if isinstance(default, (list, tuple)):
         return isinstance(value, (list, tuple)) or value is None
     if isinstance(default, Mapping):
         return isinstance(value, Mapping) or value is None
+    if isinstance(default, (bool, int, float, str)):
+        return _is_instance(value, type(default))
     return True
+
+
+def _plain_defaults(defaults: Mapping) -> dict:
+    """``defaults`` with every :class:`none_or` marker replaced by None (what OmegaConf stores)."""
+    return {k: (None if isinstance(v, none_or) else _plain_defaults(v) if isinstance(v, Mapping) else v)
+            for k, v in defaults.items()}
 
 
 def resolve_conf(defaults: Mapping, user: Mapping | DictConfig | None = None, name: str = "") -> DictConfig:
@@ -60,7 +103,7 @@ def resolve_conf(defaults: Mapping, user: Mapping | DictConfig | None = None, na
         user = OmegaConf.to_container(user, resolve=True)
     prefix = f"{name}." if name else ""
     _check_keys(defaults, user, prefix)
-    base = OmegaConf.create(dict(defaults))
+    base = OmegaConf.create(_plain_defaults(defaults))
     OmegaConf.set_struct(base, True)
     try:
         merged = OmegaConf.merge(base, OmegaConf.create(dict(user)))

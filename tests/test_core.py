@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from featlab import pixels
-from featlab.conf import load_yaml_with_overrides, parse_overrides, resolve_conf, save_conf
+from featlab.conf import load_yaml_with_overrides, none_or, parse_overrides, resolve_conf, save_conf
 from featlab.errors import ConfigError, InputError
 from featlab.io.atomic import atomic_path
 from featlab.io.image import list_images, read_image, resize_image
@@ -51,7 +51,7 @@ class TestPixels:
 
 
 class TestConf:
-    defaults = {"a": 1, "b": {"c": 2.0, "d": "x"}, "e": None}
+    defaults = {"a": 1, "b": {"c": 2.0, "d": "x"}, "e": none_or(list)}
 
     def test_merge(self):
         conf = resolve_conf(self.defaults, {"b": {"c": 3.0}, "e": [1, 2]})
@@ -65,6 +65,69 @@ class TestConf:
     def test_bad_type(self):
         with pytest.raises(ConfigError):
             resolve_conf(self.defaults, {"a": "not-an-int"})
+
+    @pytest.mark.parametrize("types,good,bad", [((float,), [0.8, 1], ["0.8", True, [0.8]]),
+                                                ((int, list), [640, [480, 640], (480, 640)], [640.0, "640", {}]),
+                                                ((dict,), [{"x": 1}, {}], [[1], "x"]),
+                                                ((bool,), [True, False], [1, "true"])])
+    def test_typed_none_default(self, types, good, bad):
+        defaults = {"k": none_or(*types), "n": {"k": none_or(*types)}}
+        assert resolve_conf(defaults).k is None and resolve_conf(defaults).n.k is None
+        for value in good + [None]:
+            conf = resolve_conf(defaults, {"k": value, "n": {"k": value}})
+            assert conf.k == value and conf.n.k == value
+        for value in bad:
+            for user, key in (({"k": value}, "thing.k"), ({"n": {"k": value}}, "thing.n.k")):
+                with pytest.raises(ConfigError, match=f"bad value for '{key}': expected .* or null") as err:
+                    resolve_conf(defaults, user, "thing")
+                assert "\n" not in str(err.value)
+
+    def test_typed_none_in_a_component(self, tmp_path, capsys):
+        from featlab.cli import main
+        from featlab.extractors import build_extractor
+
+        assert build_extractor("sift", {"resize": 640}).conf.resize == 640
+        assert build_extractor("sift", {"resize": None}).conf.resize is None
+        with pytest.raises(ConfigError, match="resize"):
+            build_extractor("sift", {"resize": "640"})
+        # through the CLI: one line on stderr, exit 2, nothing written
+        capsys.readouterr()
+        assert main(["train", "caps", "-o", str(tmp_path / "run"), "--data", str(tmp_path),
+                     "train.max_minutes=soon"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "train.max_minutes" in err and "\n" not in err and not (tmp_path / "run").exists()
+
+    def test_every_none_default_declares_its_types(self):
+        """A bare None default accepts any value: every default_conf in featlab uses none_or instead."""
+        import importlib
+        import inspect
+        import pkgutil
+
+        import featlab
+
+        def bare_none(conf, where):
+            for key, value in conf.items():
+                if value is None:
+                    yield f"{where}.{key}"
+                elif isinstance(value, dict):
+                    yield from bare_none(value, f"{where}.{key}")
+
+        found, checked = [], 0
+        for info in pkgutil.walk_packages(featlab.__path__, "featlab."):
+            if info.name.endswith("__main__"):
+                continue
+            module = importlib.import_module(info.name)
+            for name, obj in vars(module).items():
+                confs = []
+                if isinstance(obj, dict) and (name.endswith("default_conf") or name == "COMMON_CONF"):
+                    confs.append((f"{info.name}.{name}", obj))
+                elif inspect.isclass(obj) and isinstance(getattr(obj, "default_conf", None), dict):
+                    confs.append((f"{obj.__module__}.{obj.__name__}.default_conf", obj.default_conf))
+                for where, conf in confs:
+                    checked += 1
+                    found.extend(bare_none(conf, where))
+        assert checked > 20
+        assert not found, f"None defaults without declared types (use featlab.conf.none_or): {sorted(set(found))}"
 
     def test_overrides_and_yaml(self, tmp_path):
         assert parse_overrides(["a=3", "b.c=0.5"]) == {"a": 3, "b": {"c": 0.5}}
