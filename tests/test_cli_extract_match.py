@@ -45,7 +45,7 @@ def test_extract_match_resume(images, tmp_path, capsys):
     names = fh5.list_feature_names(feats)
     assert names == ["a.png", "sub/b.jpg", "sub/deeper/c.png"]
     saved = load_yaml(tmp_path / "out" / "features.h5.conf.yaml")
-    assert saved["model"] == "sift" and saved["extractor"]["max_keypoints"] == 300
+    assert saved["model"] == "sift" and saved["extractor"]["conf"]["max_keypoints"] == 300
     fa = fh5.read_features(feats, "a.png")
     assert 0 < len(fa["keypoints"]) <= 300 and fa["descriptors"].shape[1] == 128
     assert fa["image_size"].tolist() == [200, 200]
@@ -195,4 +195,4 @@ def test_resize_keeps_original_pixels(images, tmp_path, capsys):
     fa = fh5.read_features(feats, "a.png")  # a.png is 200 x 200, extracted at 100 x 100
     assert fa["image_size"].tolist() == [200, 200] and fa["uncertainty"] == pytest.approx(2.0)
     assert fa["keypoints"].max() > 100 and fa["keypoints"].max() <= 200
-    assert fh5.read_record(feats)["extractor"]["resize"] == 100 and fh5.read_record(feats)["as_half"]
+    assert fh5.read_record(feats)["extractor"]["conf"]["resize"] == 100 and fh5.read_record(feats)["as_half"]

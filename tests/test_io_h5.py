@@ -240,13 +240,32 @@ class TestStagedWriting:
         fh5.partial_path(out).write_bytes(b"\x00garbage" * 10)
         with fh5.staged_h5(out, self.record) as f:
             assert fh5.list_feature_names(f) == []
+
+    def test_partial_of_another_configuration_is_refused_and_kept(self, tmp_path):
+        out = tmp_path / "f.h5"
+        with fh5.staged_h5(out, self.record) as f:
+            fh5.write_features(f, "a.jpg", make_pred(n=3))
+        other = {**self.record, "extractor": {"k": 1, "weights_sha256": {"w.safetensors": "b" * 64}}}
         with pytest.raises(KeyboardInterrupt):
-            with fh5.staged_h5(out, {**self.record, "model": "other"}, overwrite=True) as f:
+            with fh5.staged_h5(out, other, overwrite=True) as f:
                 fh5.write_features(f, "x.jpg", make_pred(n=2))
                 raise KeyboardInterrupt
-        # a partial from another configuration is dropped, the output keeps its content
-        with fh5.staged_h5(out, self.record) as f:
+        partial = fh5.partial_path(out)
+        before, output_before = partial.read_bytes(), out.read_bytes()
+        with pytest.raises(InputError, match=r"another model, weights or configuration \(extractor.weights_sha256"):
+            with fh5.staged_h5(out, self.record):
+                pass
+        # neither mixed into nor deleted: both files byte for byte as they were
+        assert partial.read_bytes() == before and out.read_bytes() == output_before
+        with fh5.staged_h5(out, other) as f:  # the run that made it resumes it
+            assert fh5.list_feature_names(f) == ["x.jpg"]
+        assert fh5.read_record(out) == other
+        with pytest.raises(KeyboardInterrupt):
+            with fh5.staged_h5(out, other) as f:
+                raise KeyboardInterrupt
+        with fh5.staged_h5(out, self.record, overwrite=True) as f:  # --overwrite discards it
             assert fh5.list_feature_names(f) == []
+        assert not partial.exists()
 
     def test_configuration_mismatch_and_overwrite(self, tmp_path):
         out = tmp_path / "f.h5"

@@ -2,7 +2,9 @@
 
 Images are found recursively; each is stored under its path relative to the folder. The run is resumable: images
 already in the output are skipped, and an interrupted run continues from ``<output>.partial`` (see
-:mod:`featlab.io.h5`). The resolved configuration is written beside the output as ``<output>.conf.yaml``.
+:mod:`featlab.io.h5`). Resuming checks the content that made the file (the resolved extractor config and the
+SHA-256 of the weights files): a file written by another model, other weights (even under the same name) or
+another config is refused and left as it is. The record is written beside the output as ``<output>.conf.yaml``.
 
 Examples:
     featlab extract images/ -o features.h5 --model sift --max-keypoints 4096
@@ -87,8 +89,9 @@ def _resize_scale(image_shape, resize) -> float | None:
 def run(args) -> int:
     from tqdm import tqdm
 
-    from ..conf import save_conf, to_container
+    from ..conf import save_conf
     from ..extractors import build_extractor, extract_image
+    from ..extractors.base import extractor_identity
     from ..io.h5 import check_output_record, list_feature_names, partial_path, staged_h5, write_features
     from ..io.image import list_images, read_image
 
@@ -101,9 +104,11 @@ def run(args) -> int:
 
     extractor = build_extractor(args.model, extractor_settings(args))  # ConfigError: unknown model / key
     extractor = extractor.to(_device(args.device))
-    conf = to_container(extractor.conf)
-    record = {"kind": "features", "model": args.model, "extractor": conf, "as_half": bool(args.as_half)}
-    resize = conf.get("resize")
+    # content, not names: the resolved config of the extractor and of those inside it, and the SHA-256 of every
+    # weights file, so that a resume never mixes two models, two versions of one weights file or two configs
+    record = {"kind": "features", "model": args.model, "extractor": extractor_identity(extractor),
+              "as_half": bool(args.as_half)}
+    resize = record["extractor"]["conf"].get("resize")
 
     # fast path: a complete output with everything in it
     if output.exists() and not args.overwrite and not partial_path(output).exists():

@@ -2,7 +2,9 @@
 
 Layout: ``<root>/<method>-<settings hash>/<image key>.npz``, one ``.npz`` per image written atomically (a crash
 never leaves a half-written entry, and an interrupted run resumes where it stopped), plus a ``settings.json``
-naming what the hash covers. The key of an entry is therefore method + settings + image key; each entry also
+naming what the hash covers. The settings hold the extractor's content identity (:func:`extractor_settings`:
+resolved config and the SHA-256 of its weights files, not their names). The key of an entry is therefore
+method + settings + image key; each entry also
 stores a checksum of the image pixels it was computed from, and an entry whose checksum disagrees with the
 current image (the dataset changed under the same name) is recomputed, never silently reused.
 """
@@ -171,9 +173,12 @@ def build_methods(names: list[str], common: dict | None = None, overrides: dict[
 
 
 def extractor_settings(extractor) -> dict:
-    """What identifies an extractor's features: class, descriptor type and resolved config."""
-    return {"class": type(extractor).__name__, "descriptor_type": extractor.descriptor_type,
-            "conf": to_container(extractor.conf)}
+    """What identifies an extractor's features: class, descriptor type, resolved config (its own and that of the
+    extractors inside it) and the SHA-256 of its weights files (:func:`featlab.extractors.base.extractor_identity`),
+    so that weights re-exported under the same name never reuse the old weights' cache."""
+    from ..extractors.base import extractor_identity
+
+    return extractor_identity(extractor)
 
 
 def extract_numpy(extractor, image: np.ndarray, resize=None) -> dict[str, np.ndarray]:

@@ -29,6 +29,7 @@ keypoints back to the original image.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -38,6 +39,7 @@ from torch import nn
 from ..conf import resolve_conf, to_container
 from ..errors import ConfigError
 from ..io.image import image_to_tensor, resize_image
+from ..io.weights import file_sha256, sidecar_path
 from ..pixels import scale_points
 
 #: keys every extractor understands, merged under the extractor's own defaults
@@ -96,6 +98,37 @@ class Extractor(nn.Module):
     @property
     def descriptor_dim(self) -> int:  # pragma: no cover - overridden
         raise NotImplementedError
+
+    def weights_files(self) -> list[Path]:
+        """Files this extractor's own network was read from (``weights_path`` and its JSON sidecar, when they
+        exist); not those of extractors inside it. Their content identifies the weights
+        (:func:`extractor_identity`)."""
+        path = getattr(self, "weights_path", None)
+        if path is None:
+            return []
+        side = sidecar_path(path)
+        return [Path(path)] + ([side] if side.is_file() else [])
+
+
+def extractor_identity(extractor: Extractor) -> dict:
+    """What decides an extractor's outputs, for cache keys and resume records: its class, descriptor type and full
+    resolved config, the SHA-256 of every weights file it read (content, not name: weights re-exported under the
+    same name get another identity), and the same for each extractor inside it (``parts``: a residual
+    descriptor's ``g``, CAPS' ``detector``).
+
+    Returns:
+        JSON-serialisable dict: ``class``, ``descriptor_type``, ``conf``, and when present ``weights_sha256``
+        ({file name: hex digest}) and ``parts`` ({attribute: identity}).
+    """
+    ident = {"class": type(extractor).__name__, "descriptor_type": extractor.descriptor_type,
+             "conf": to_container(extractor.conf)}
+    files = extractor.weights_files()
+    if files:
+        ident["weights_sha256"] = {f.name: file_sha256(f) for f in files}
+    parts = {name: extractor_identity(m) for name, m in extractor.named_children() if isinstance(m, Extractor)}
+    if parts:
+        ident["parts"] = parts
+    return ident
 
 
 def top_k_keypoints(keypoints: torch.Tensor, scores: torch.Tensor, *others: torch.Tensor, k: int):

@@ -25,13 +25,14 @@ import torch.nn.functional as F
 
 from ..conf import to_container
 from ..errors import ConfigError, InputError
-from ..io.weights import load_state_strict, load_weights, save_weights, sidecar_path  # noqa: F401
+from ..io.weights import (SHIPPED_WEIGHTS_DIR, load_state_strict, load_weights,  # noqa: F401
+                          resolve_weights_path, save_weights, sidecar_path)
 from ..nn.resunet import ResUNet, map_extent
 from ..pixels import sample_map
 from .base import Extractor, build_extractor, register_extractor
 
 #: shipped weights: featlab/weights/<name>.safetensors + <name>.json
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+WEIGHTS_DIR = SHIPPED_WEIGHTS_DIR
 DEFAULT_WEIGHTS = "caps-resnet18"
 FORMAT = "featlab-caps/1"
 TRAIN_HINT = ("featlab train caps --data SEQUENCE_DIR -o runs/caps-resnet18 --export caps-resnet18 "
@@ -39,14 +40,6 @@ TRAIN_HINT = ("featlab train caps --data SEQUENCE_DIR -o runs/caps-resnet18 --ex
 
 
 # ------------------------------------------------------------------------------------------------ weights I/O
-def resolve_weights_path(weights: str | Path) -> Path:
-    """A ``.safetensors`` path, or the bare name of a file shipped in ``featlab/weights/``."""
-    p = Path(weights)
-    if p.suffix == ".safetensors" or len(p.parts) > 1:
-        return p
-    return WEIGHTS_DIR / f"{weights}.safetensors"
-
-
 def save_caps_weights(net: ResUNet, path: str | Path, extra: dict | None = None) -> Path:
     """Write the network's weights (safetensors) and its JSON sidecar (network config + ``extra``), atomically."""
     return save_weights(net, path, {"format": FORMAT, "model": to_container(dict(net.conf)), **(extra or {})})
@@ -118,7 +111,7 @@ class CAPS(Extractor):
             raise ConfigError(f"caps.detector must name a keypoint extractor (e.g. sift), got {conf.detector!r}")
         if conf.dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"dtype must be float32 or bfloat16, got {conf.dtype!r}")
-        path = resolve_weights_path(conf.weights)
+        path = resolve_weights_path(conf.weights, WEIGHTS_DIR)
         if not path.is_file():
             raise InputError(f"CAPS weights not found: {path}; train them with `{TRAIN_HINT}`")
         net, meta = load_caps_weights(path)

@@ -36,13 +36,14 @@ from torch import nn
 from ..conf import resolve_conf, to_container
 from ..errors import ConfigError, InputError
 from ..io.atomic import atomic_path
-from ..io.weights import load_state_strict, load_weights, save_weights, sidecar_path  # noqa: F401
+from ..io.weights import (SHIPPED_WEIGHTS_DIR, load_state_strict, load_weights,  # noqa: F401
+                          resolve_weights_path, save_weights, sidecar_path)
 from ..nn import MLP, TrimmedSuperPoint, pad_to_multiple
 from ..pixels import sample_map
 from .base import Extractor, build_extractor, register_extractor
 
 #: shipped weights: featlab/weights/<name>.safetensors + <name>.json
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+WEIGHTS_DIR = SHIPPED_WEIGHTS_DIR
 FORMAT = "featlab-residual/1"
 FUSIONS = ("concat", "sum", "product", "none")
 
@@ -278,14 +279,6 @@ def variant_mismatch(name: str, g_name: str, model_conf: dict) -> str | None:
     return None
 
 
-def resolve_weights_path(weights: str) -> Path:
-    """A ``.safetensors`` path, or the bare name of a file shipped in ``featlab/weights/``."""
-    p = Path(weights)
-    if p.suffix == ".safetensors" or len(p.parts) > 1:
-        return p
-    return WEIGHTS_DIR / f"{weights}.safetensors"
-
-
 def train_hint(name: str) -> str:
     g_name, model = VARIANTS.get(name, ("sift", {}))
     overrides = " ".join([f"handcrafted.name={g_name}"] * (g_name != "sift") + [f"model.{k}={v}" for k, v in
@@ -314,7 +307,7 @@ class ResidualDescriptor(Extractor):
             raise ConfigError(f"backend must be 'torch' or 'onnx', got {conf.backend!r}")
         if not conf.weights:
             raise ConfigError("the residual descriptor needs a 'weights' file (e.g. weights=run/best.safetensors)")
-        path = resolve_weights_path(conf.weights)
+        path = resolve_weights_path(conf.weights, WEIGHTS_DIR)
         if not path.is_file():
             if path.parent == WEIGHTS_DIR:
                 raise InputError(f"residual-descriptor weights not found: {path}; train them with "
@@ -348,6 +341,11 @@ class ResidualDescriptor(Extractor):
     @property
     def descriptor_dim(self) -> int:
         return self.net.out_dim
+
+    def weights_files(self) -> list[Path]:
+        """The weights, their sidecar and, with ``backend: onnx`` and an ``onnx_path``, the graph that runs."""
+        return super().weights_files() + ([Path(self.conf.onnx_path)] if self._onnx is not None
+                                          and self.conf.onnx_path is not None else [])
 
     @torch.no_grad()
     def _forward(self, data):

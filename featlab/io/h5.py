@@ -38,7 +38,9 @@ never writes into its output. It writes into ``<output>.partial`` (a copy of the
 flushes after each image or pair, and renames the partial file onto the output only after closing it cleanly;
 the output is therefore always a complete file from a finished run (or absent). If a run is interrupted, the
 partial file stays: the next run opens it, drops any group left incomplete, and continues from there (it is
-discarded instead when it does not open, comes from a different configuration, or is older than the output).
+discarded instead when it does not open or is older than the output). A partial file left by another
+configuration (another model, other weights, other settings: whatever the record holds) is refused with an
+:class:`~featlab.errors.InputError` and left untouched, never mixed into or silently deleted.
 Partial files use HDF5's default (oldest) format, which stays readable after a hard kill (``libver="latest"``
 marks files that were not closed as unopenable). Every file records the configuration that produced it in the
 root attribute ``featlab_record`` (JSON); resuming into a file made with another configuration is an error.
@@ -335,9 +337,11 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def record_differences(a: Mapping, b: Mapping) -> list[str]:
-    """Human-readable differences between two records, e.g. ``["model: sift != rootsift"]``."""
+    """Human-readable differences between two records, e.g. ``["model: sift != rootsift"]``; top-level keys
+    first (a different model says more than the config keys that differ with it)."""
     fa, fb = _flatten(json.loads(json.dumps(a))), _flatten(json.loads(json.dumps(b)))
-    return [f"{k}: {fa.get(k, '(absent)')} != {fb.get(k, '(absent)')}" for k in sorted(set(fa) | set(fb))
+    keys = sorted(set(fa) | set(fb), key=lambda k: (k.count("."), k))
+    return [f"{k}: {fa.get(k, '(absent)')} != {fb.get(k, '(absent)')}" for k in keys
             if fa.get(k, "(absent)") != fb.get(k, "(absent)")]
 
 
@@ -391,23 +395,40 @@ def _validate_groups(f: h5py.File, kind: str) -> int:
 
 
 def _salvage_partial(partial: Path, output: Path, record: Mapping, kind: str) -> bool:
-    """Keep a partial file from an interrupted run if it is usable; return False (caller deletes it) if not."""
+    """Keep a partial file from an interrupted run if it is usable; return False (caller deletes it) if not.
+
+    Raises:
+        InputError: the partial file holds the unfinished work of another configuration (another model, other
+            weights, other settings); it is left byte for byte as it was.
+    """
     if output.exists() and output.stat().st_mtime > partial.stat().st_mtime:
         logger.warning("discarding %s: older than %s", partial, output)
         return False
-    try:
-        with h5py.File(partial, "a") as f:
-            raw = f.attrs.get(RECORD_ATTR)
-            stored = json.loads(raw) if raw is not None else None
-            if stored is None or record_differences(stored, record):
-                logger.warning("discarding %s: left by a run with another configuration", partial)
-                return False
-            dropped = _validate_groups(f, kind)
-    except OSError as e:
+
+    def unreadable(e: OSError) -> bool:
         if "lock" in str(e).lower():
             raise InputError(f"{partial} is in use by another process") from None
         logger.warning("discarding %s: unreadable after an interrupted run (%s)", partial, e)
         return False
+
+    try:  # read-only first: a refused partial file must stay untouched
+        with h5py.File(partial, "r") as f:
+            raw = f.attrs.get(RECORD_ATTR)
+    except OSError as e:
+        return unreadable(e)
+    if raw is None:  # killed before its record was written: holds nothing
+        logger.warning("discarding %s: no configuration record", partial)
+        return False
+    diff = record_differences(json.loads(raw if isinstance(raw, str) else raw.decode()), record)
+    if diff:
+        raise InputError(f"{partial} holds an unfinished run of another model, weights or configuration "
+                         f"({'; '.join(diff[:3])}); rerun that command to finish it, or use --overwrite to "
+                         "discard it")
+    try:
+        with h5py.File(partial, "a") as f:
+            dropped = _validate_groups(f, kind)
+    except OSError as e:
+        return unreadable(e)
     logger.info("resuming from %s (interrupted run)%s", partial,
                 f", dropped {dropped} incomplete entries" if dropped else "")
     return True
@@ -442,9 +463,10 @@ def staged_h5(path: str | Path, record: Mapping, kind: str = "features",
     """Open the staging copy ``<path>.partial`` for writing; rename it onto ``path`` when the block succeeds.
 
     The staging file starts as (in this order of preference): the partial file of an interrupted run with the
-    same ``record`` (incomplete groups dropped), a copy of the existing output (which must carry the same
-    ``record``, else ConfigError), or an empty file. ``overwrite`` starts from an empty file regardless; the old
-    output is only replaced by the final rename. If the block raises, the partial file is closed cleanly and kept
+    same ``record`` (incomplete groups dropped; a partial file with another record is an InputError and stays as
+    it is), a copy of the existing output (which must carry the same ``record``, else ConfigError), or an empty
+    file. ``overwrite`` starts from an empty file regardless; the old output is only replaced by the final
+    rename. If the block raises, the partial file is closed cleanly and kept
     so that the next run resumes from it. The caller should ``flush()`` after each unit of work.
 
     Args:

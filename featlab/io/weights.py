@@ -1,18 +1,67 @@
 """Model weights on disk: a safetensors file plus a JSON sidecar (same stem, ``.json``) with the network config.
 
 Both files are written atomically; reading checks the sidecar's ``format`` tag and turns every failure (missing,
-corrupt, wrong format) into an :class:`~featlab.errors.InputError` naming the file.
+corrupt, wrong format) into an :class:`~featlab.errors.InputError` naming the file. Shipped weights live in
+``featlab/weights/`` (:data:`SHIPPED_WEIGHTS_DIR`) and are named by their stem (:func:`resolve_weights_path`).
+Caches and resume records identify weights by content (:func:`file_sha256`), never by name.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+import time
 from pathlib import Path
 
 import torch
 
 from ..errors import ConfigError, InputError
 from .atomic import atomic_path, atomic_write_text
+
+
+#: shipped weights: featlab/weights/<name>.safetensors + <name>.json
+SHIPPED_WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+
+
+def resolve_weights_path(weights: str | Path, shipped_dir: str | Path = SHIPPED_WEIGHTS_DIR) -> Path:
+    """A ``.safetensors`` path (or any path with a folder), else the bare name of a file in ``shipped_dir``."""
+    p = Path(weights)
+    if p.suffix == ".safetensors" or len(p.parts) > 1:
+        return p
+    return Path(shipped_dir) / f"{weights}.safetensors"
+
+
+_SHA256_MEMO: dict[tuple, str] = {}
+#: files modified less than this long ago are hashed on every call: a rewrite within the same timestamp tick
+#: would keep mtime, size and ctime ("racy git"), so only settled files are memoised
+_SETTLED_NS = 2_000_000_000
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 (hex) of a file's bytes, computed once per version of the file.
+
+    Memoised by resolved path, size, mtime, ctime and inode, and only once the file is a few seconds old: any
+    later rewrite (an atomic re-export makes a new inode; an in-place one sets a new mtime and ctime) is hashed
+    again, so weights re-exported under the same name never pass for the old ones.
+
+    Raises:
+        InputError: the file cannot be read.
+    """
+    path = Path(path).resolve()
+    try:
+        st = path.stat()
+        key = (str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+        if key in _SHA256_MEMO:
+            return _SHA256_MEMO[key]
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError as e:
+        raise InputError(f"cannot read {path} to hash it: {e}") from None
+    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > _SETTLED_NS:
+        _SHA256_MEMO[key] = h.hexdigest()
+    return h.hexdigest()
 
 
 def sidecar_path(weights_path: str | Path) -> Path:
