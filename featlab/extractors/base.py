@@ -132,8 +132,9 @@ def extractor_identity(extractor: Extractor) -> dict:
 
 
 def top_k_keypoints(keypoints: torch.Tensor, scores: torch.Tensor, *others: torch.Tensor, k: int):
-    """Keep the k best by score (all if k < 0), sorted by decreasing score. Shapes (N, 2), (N,), (N, ...)."""
-    order = torch.argsort(scores, descending=True)
+    """Keep the k best by score (all if k < 0), sorted by decreasing score, ties in input order (stable).
+    Shapes (N, 2), (N,), (N, ...)."""
+    order = torch.argsort(scores, descending=True, stable=True)
     if k is not None and k >= 0:
         order = order[:k]
     return (keypoints[order], scores[order], *[o[order] for o in others])

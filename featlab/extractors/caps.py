@@ -27,6 +27,7 @@ from ..conf import to_container
 from ..errors import ConfigError, InputError
 from ..io.weights import (SHIPPED_WEIGHTS_DIR, load_state_strict, load_weights,  # noqa: F401
                           resolve_weights_path, save_weights, sidecar_path)
+from ..nn.fold import fold_batchnorm
 from ..nn.resunet import ResUNet, map_extent
 from ..pixels import sample_map
 from .base import Extractor, build_extractor, register_extractor
@@ -115,6 +116,7 @@ class CAPS(Extractor):
         if not path.is_file():
             raise InputError(f"CAPS weights not found: {path}; train them with `{TRAIN_HINT}`")
         net, meta = load_caps_weights(path)
+        net = fold_batchnorm(net)  # built for inference only (training uses ResUNet itself)
         for p in net.parameters():
             p.requires_grad_(False)
         if conf.channels_last:

@@ -26,6 +26,24 @@ def rootsift(desc: np.ndarray, eps: float = 1e-8) -> np.ndarray:
     return np.sqrt(desc)
 
 
+def _best_described(kps: tuple, desc: np.ndarray, k: int | None) -> tuple[list, np.ndarray]:
+    """The k keypoints of highest response (all if k < 0), by decreasing response, with their descriptor rows,
+    from OpenCV SIFT's ``detectAndCompute``.
+
+    OpenCV's own top-k (``nfeatures``) keeps every tie with the k-th response and returns its keypoints in no
+    defined order, so ties are broken here by the order ``detect`` gives (x, y ascending, size descending, angle
+    ascending: OpenCV's de-duplication sort, unique per keypoint). The result is the two-pass ``detect`` ->
+    best k -> ``compute``'s, keypoint for keypoint.
+    """
+    x, y, size, angle, response = np.array([(p.pt[0], p.pt[1], p.size, p.angle, p.response) for p in kps],
+                                            dtype=np.float32).T
+    detection_order = np.lexsort((angle, -size, y, x))
+    order = detection_order[np.argsort(-response[detection_order], kind="stable")]
+    if k is not None and k >= 0:
+        order = order[:k]
+    return [kps[i] for i in order], desc[order]
+
+
 class OpenCVExtractor(Extractor):
     """Shared batch loop of the OpenCV extractors: subclasses implement ``detect_and_describe(gray uint8)`` ->
     (keypoints (N, 2) featlab px, scores (N,), descriptors (N, D), scales (N,), orientations (N,) degrees)."""
@@ -69,7 +87,13 @@ class SIFT(OpenCVExtractor):
     }
 
     def _init(self, conf):
-        self._sift = cv2.SIFT_create(nfeatures=0, nOctaveLayers=conf.n_octave_layers,
+        k = conf.max_keypoints
+        # nfeatures=k: OpenCV keeps the best k (and any ties with the k-th response) before describing, so that
+        # one detectAndCompute pass builds the pyramid once and describes only what is kept. Upright SIFT
+        # describes in a second pass (angle 0 and one keypoint per location are set between the two), so it
+        # must see every detection
+        nfeatures = int(k) if k is not None and k > 0 and not conf.upright else 0
+        self._sift = cv2.SIFT_create(nfeatures=nfeatures, nOctaveLayers=conf.n_octave_layers,
                                      contrastThreshold=conf.contrast_threshold, edgeThreshold=conf.edge_threshold,
                                      sigma=conf.sigma, enable_precise_upscale=bool(conf.precise_upscale))
         #: how far OpenCV's kp.pt lies right of / below the true location, in OpenCV's own pixels (class doc)
@@ -82,8 +106,9 @@ class SIFT(OpenCVExtractor):
     def detect_and_describe(self, gray: np.ndarray):
         """One uint8 gray image -> (keypoints (N, 2) featlab px, scores (N,), descriptors (N, 128), scales (N,),
         orientations (N,) in degrees)."""
-        kps = self._sift.detect(gray, None)
+        k = self.conf.max_keypoints
         if self.conf.upright:
+            kps = self._sift.detect(gray, None)
             # one keypoint per location: OpenCV duplicates locations with several dominant orientations
             seen, unique = set(), []
             for kp in kps:
@@ -93,12 +118,15 @@ class SIFT(OpenCVExtractor):
                     kp.angle = 0.0
                     unique.append(kp)
             kps = unique
-        # top-k before describing: description is the expensive part
-        k = self.conf.max_keypoints
-        if k is not None and k >= 0 and len(kps) > k:
-            kps = sorted(kps, key=lambda p: -p.response)[:k]
-        if kps:
-            kps, desc = self._sift.compute(gray, kps)
+            # top-k before describing: description is the expensive part
+            if k is not None and k >= 0 and len(kps) > k:
+                kps = sorted(kps, key=lambda p: -p.response)[:k]
+            if kps:
+                kps, desc = self._sift.compute(gray, kps)
+        else:
+            kps, desc = self._sift.detectAndCompute(gray, None)
+            if kps:
+                kps, desc = _best_described(kps, desc, k)
         if not kps:
             return (np.zeros((0, 2), np.float32), np.zeros(0, np.float32), np.zeros((0, 128), np.float32),
                     np.zeros(0, np.float32), np.zeros(0, np.float32))

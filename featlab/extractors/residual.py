@@ -38,7 +38,7 @@ from ..errors import ConfigError, InputError
 from ..io.atomic import atomic_path
 from ..io.weights import (SHIPPED_WEIGHTS_DIR, load_state_strict, load_weights,  # noqa: F401
                           resolve_weights_path, save_weights, sidecar_path)
-from ..nn import MLP, TrimmedSuperPoint, pad_to_multiple
+from ..nn import MLP, TrimmedSuperPoint, fold_batchnorm, pad_to_multiple
 from ..pixels import sample_map
 from .base import Extractor, build_extractor, register_extractor
 
@@ -326,6 +326,7 @@ class ResidualDescriptor(Extractor):
         if self.g.descriptor_dim != net.conf.g_dim:
             raise ConfigError(f"{conf.handcrafted} gives {self.g.descriptor_dim}-d descriptors, the weights expect "
                               f"{net.conf.g_dim}-d")
+        net = fold_batchnorm(net)  # built for inference only (training uses ResidualDescriptorNet itself)
         for p in net.parameters():
             p.requires_grad_(False)
         self.net = net.set_compute(conf.dtype, conf.channels_last)

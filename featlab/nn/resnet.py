@@ -62,6 +62,8 @@ class BasicBlock(nn.Module):
     """Two 3x3 convs with an identity (or 1x1 projection) shortcut. Output channels = ``planes``."""
 
     expansion = 1
+    #: (conv, norm) attribute pairs applied as norm(conv(x)), for featlab.nn.fold.fold_batchnorm
+    conv_norm_pairs = (("conv1", "norm1"), ("conv2", "norm2"))
 
     def __init__(self, in_channels: int, planes: int, stride: int = 1, norm: str = "batch"):
         super().__init__()
@@ -88,6 +90,8 @@ class Bottleneck(nn.Module):
     """1x1 reduce, 3x3 (strided), 1x1 expand (x4), with a shortcut. Output channels = 4 x ``planes``."""
 
     expansion = 4
+    #: (conv, norm) attribute pairs applied as norm(conv(x)), for featlab.nn.fold.fold_batchnorm
+    conv_norm_pairs = (("conv1", "norm1"), ("conv2", "norm2"), ("conv3", "norm3"))
 
     def __init__(self, in_channels: int, planes: int, stride: int = 1, norm: str = "batch"):
         super().__init__()
