@@ -7,6 +7,8 @@ and keypoints inside featlab all use it.
 Other conventions exist at the boundaries and are converted exactly once, here:
 - OpenCV (`cv2.KeyPoint.pt`, `cv2.findHomography` on OpenCV points) and hloc's HDF5 files put the centre of the
   top-left pixel at (0, 0): use :func:`from_opencv` / :func:`to_opencv` (and :func:`to_hloc`, :func:`from_hloc`).
+  So do integer (or sub-pixel) indices into an image array: pixel (row i, column j) is OpenCV (j, i), centred at
+  ``from_opencv((j, i))``. Code outside this module writes no +-0.5 shift (tests/test_review_fixes.py checks).
 - Integer array indices (row i, column j) of a dense map at stride s: :func:`from_grid_indices`.
 - ``torch.nn.functional.grid_sample`` with ``align_corners=False``: -1 is the left edge of the left pixel, i.e.
   coordinate 0 here, so the normalisation is simply ``2 x / W - 1`` for any map that covers the image extent.

@@ -290,13 +290,13 @@ class TestLoss:
 
 
 # ------------------------------------------------------------------------------------------------ training
-def plane_batch(scene, pairs=((0, 2), (1, 3)), num_queries=200):
+def plane_batch(scene, pairs=((0, 2), (1, 3)), num_queries=200, sift_fraction=0.9):
     from featlab.training.caps import PosedPairStream
     from featlab.conf import resolve_conf
     from featlab.training.caps import default_conf
 
     conf = resolve_conf(default_conf, {"data": {"image_size": [96, 128], "num_queries": num_queries,
-                                                "photometric": {"enabled": False}}})
+                                                "sift_fraction": sift_fraction, "photometric": {"enabled": False}}})
     stream = PosedPairStream(PlanePairs(scene, list(pairs)), conf.data, seed=0)
     items = [stream[i] for i in range(len(pairs))]
     return torch.utils.data.default_collate(items)
@@ -315,6 +315,22 @@ class TestTraining:
         X = np.array([0.3, -0.2, 2.0])
         p_full, p_small = scene[2] @ X, K @ X
         np.testing.assert_allclose(p_small[:2] / p_small[2], p_full[:2] / p_full[2] * [32 / 128, 48 / 96])
+
+    def test_queries_are_the_sift_extractors_keypoints(self, scene):
+        """Training queries come from featlab's one SIFT extractor (its pixel conversion, 0.25 px correction
+        included), not from a second OpenCV SIFT: with sift_fraction 1 and as many queries as distinct keypoints,
+        the queries are exactly the extractor's keypoints."""
+        from featlab.extractors import build_extractor
+        from featlab.io.image import image_to_tensor
+        from featlab.training.caps import resize_with_intrinsics
+
+        image, _ = resize_with_intrinsics(scene[0][0], scene[2], (96, 128))
+        with torch.no_grad():
+            kps = build_extractor("sift", {"max_keypoints": -1})({"image": image_to_tensor(image)})["keypoints"]
+        expected = np.unique(kps[0].numpy(), axis=0)
+        assert len(expected) > 20
+        batch = plane_batch(scene, pairs=((0, 2),), num_queries=len(expected), sift_fraction=1.0)
+        np.testing.assert_array_equal(np.unique(batch["points0"][0].numpy(), axis=0), expected)
 
     def test_gradients_finite_and_steps_lower_loss(self, scene):
         torch.manual_seed(0)

@@ -10,12 +10,17 @@ Given dense coarse (H/16) and fine (H/4) descriptor maps of two images and query
 2. Fine: the fine descriptor of ``x`` is correlated with the fine cells of image 1 inside a window around ``c1``
    (half-size ``window_size`` x the image's width / height); softmax inside the window -> ``x1_f`` and its std.
    The cycle terms match ``x1_c`` back at the coarse level and ``x1_f`` back coarse-to-fine.
-3. Loss: the distance of ``x1_c`` and ``x1_f`` to the epipolar line ``F x`` (pixels divided by the image's longer
-   side), weighted by the inverse std (detached, floored at ``min_std`` cells, normalised to mean 1 over the valid
-   queries); plus cycle consistency: matching ``x1_c`` (``x1_f``) back into image 0 should return ``x``.
-   Validity masks drop queries whose epipolar line misses image 1 (or is undefined: ``x`` at the epipole); queries
-   whose coarse error exceeds ``max_coarse_error`` are dropped from the fine and cycle losses (their fine window
-   cannot hold the true match). Query masks (padding) are honoured.
+3. Loss (:func:`caps_loss_terms`, a pure function of the predicted locations): the distance of ``x1_c`` and
+   ``x1_f`` to the epipolar line ``F x`` (pixels divided by the image's longer side), weighted by the inverse std
+   (detached, floored at ``min_std`` cells, normalised to mean 1 over the queries of the term); plus cycle
+   consistency: matching ``x1_c`` (``x1_f``) back into image 0 should return ``x``.
+   Masks: queries whose epipolar line misses image 1 (or is undefined: ``x`` at the epipole) and padding queries
+   enter no term; queries whose coarse error exceeds ``max_coarse_error`` leave the fine loss and both cycle terms
+   (their fine window cannot hold the true match, and a coarse match far off the line is a wrong match whose cycle
+   the loss should not reward). The CAPS reference's thresholds are optional keys, off by default:
+   ``max_epipolar_error`` (a level's epipolar term, its ``th_epipolar``), ``max_cycle_error`` (a level's cycle
+   term, by that level's epipolar error, its ``th_cycle``) and ``max_cycle_distance`` (cycle distances above it
+   contribute nothing, its ``cycle_consistency_loss(th=10)``).
 
 Implementation notes:
 - The fine window is a mask on the correlation with the *whole* fine map: one matrix product per chunk of queries
@@ -32,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from ..conf import resolve_conf
+from ..conf import none_or, resolve_conf
 from ..geometry.epipolar import epipolar_distance, fundamental_from_pose
 from ..nn.resunet import map_extent
 from ..pixels import pixel_grid, sample_map
@@ -46,7 +51,16 @@ default_conf = {
     "std_weighting": True,  # weight each query's epipolar loss by 1/std (detached, mean 1)
     "min_std": 0.5,  # floor of the std in the weighting, in cells of the level (so one over-confident query
     # cannot take all the weight; 0.5 cell = 8 px coarse, 2 px fine)
-    "max_coarse_error": 0.25,  # drop queries from the fine/cycle losses above this coarse error (x longer side)
+    "max_coarse_error": 0.25,  # queries whose coarse epipolar error exceeds this (x longer side of image 1) leave
+    # the fine loss and both cycle terms (the reference drops them from the fine loss at window_size x shorter side)
+    # Thresholds of the CAPS reference (CAPS/criterion.py), all x the longer image side; null: off (the default,
+    # which keeps featlab's shipped recipe; the reference's values, converted at 4:3, are given for each).
+    "max_epipolar_error": none_or(float),  # a query leaves a level's epipolar loss when that level's error exceeds
+    # this (reference: th_epipolar = 0.3 x the shorter side = 0.225 x the longer)
+    "max_cycle_error": none_or(float),  # a query leaves a level's cycle term when that level's epipolar error
+    # exceeds this (reference: th_cycle = 0.025 x the shorter side = 0.019 x the longer)
+    "max_cycle_distance": none_or(float),  # cycle distances (x longer side of image 0) above this contribute
+    # nothing (reference: 10 px at 480x640 = 0.016)
     "symmetric": True,  # also match queries of image 1 into image 0 (needs points1)
     "chunk_size": 1024,  # queries per correlation chunk (bounds transient memory)
     "checkpoint": False,  # recompute correlation chunks in backward (lower memory, ~30% slower matching)
@@ -229,9 +243,58 @@ def cycle_loss(points0, points0_back, image_size, mask):
     return masked_mean(dist / max(image_size), mask), dist
 
 
+def _below(errors: torch.Tensor, threshold, image_size) -> torch.Tensor:
+    """errors <= threshold x the longer image side (all True when the threshold is None). (B, N) -> (B, N) bool."""
+    if threshold is None:
+        return torch.ones_like(errors, dtype=torch.bool)
+    return errors.detach() <= float(threshold) * max(image_size)
+
+
+def caps_loss_terms(points0: torch.Tensor, pred: dict, F_0to1: torch.Tensor, image_size0, image_size1,
+                    valid: torch.Tensor, conf, std_floors=(0.0, 0.0)):
+    """The CAPS loss terms from predicted locations (a pure function of tensors; masks as the module docstring).
+
+    Args:
+        points0: (B, N, 2) queries in image 0 (featlab pixels).
+        pred: ``coarse_points``, ``fine_points`` (B, N, 2) predictions in image 1; ``coarse_stds``, ``fine_stds``
+            (B, N) their spreads (pixels); ``cycle_coarse_points``, ``cycle_fine_points`` (B, N, 2) the coarse
+            (fine) prediction matched back into image 0.
+        F_0to1: (B, 3, 3) fundamental matrix (x1^T F x0 = 0).
+        image_size0, image_size1: (H, W) of the images.
+        valid: (B, N) bool, queries that may enter any term (epipolar line inside image 1, not padding).
+        conf: ``std_weighting``, ``max_coarse_error``, ``max_epipolar_error``, ``max_cycle_error``,
+            ``max_cycle_distance`` (:data:`default_conf`).
+        std_floors: (coarse, fine) lower bounds of the stds in the 1/std weighting, pixels.
+    Returns:
+        (losses, masks): losses ``coarse``, ``fine``, ``cycle_coarse``, ``cycle_fine`` (scalars, unweighted);
+        masks (B, N) bool ``coarse``, ``fine``, ``cycle_coarse``, ``cycle_fine`` (the queries of each term) and
+        the per-query distances ``coarse_errors``, ``fine_errors`` (pixels, image 1), ``cycle_coarse_distances``,
+        ``cycle_fine_distances`` (pixels, image 0).
+    """
+    with torch.no_grad():  # the masks
+        errors = {level: epipolar_errors(points0, pred[f"{level}_points"], F_0to1) for level in ("coarse", "fine")}
+        cycles = {level: (pred[f"cycle_{level}_points"].float() - points0.float()).norm(dim=-1)
+                  for level in ("coarse", "fine")}
+        near = valid & _below(errors["coarse"], conf.max_coarse_error, image_size1)  # the coarse-error mask
+        masks = {"coarse": valid, "fine": near}
+        for level in ("coarse", "fine"):
+            masks[level] = masks[level] & _below(errors[level], conf.max_epipolar_error, image_size1)
+            masks[f"cycle_{level}"] = (near & _below(errors[level], conf.max_cycle_error, image_size1)
+                                       & _below(cycles[level], conf.max_cycle_distance, image_size0))
+    losses = {}
+    for level, floor in (("coarse", std_floors[0]), ("fine", std_floors[1])):
+        stds = pred[f"{level}_stds"].clamp(min=floor) if conf.std_weighting else None
+        losses[level], _ = epipolar_loss(points0, pred[f"{level}_points"], F_0to1, image_size1, masks[level], stds)
+        losses[f"cycle_{level}"], _ = cycle_loss(points0, pred[f"cycle_{level}_points"], image_size0,
+                                                 masks[f"cycle_{level}"])
+    masks.update({f"{level}_errors": errors[level] for level in errors})
+    masks.update({f"cycle_{level}_distances": cycles[level] for level in cycles})
+    return losses, masks
+
+
 def caps_losses(points0: torch.Tensor, maps0: dict, maps1: dict, F_0to1: torch.Tensor, extent0, extent1,
                 image_size0, image_size1, conf, mask0: torch.Tensor | None = None):
-    """All CAPS loss terms for queries of image 0 matched into image 1.
+    """All CAPS loss terms for queries of image 0 matched into image 1 (matching + :func:`caps_loss_terms`).
 
     Args:
         points0: (B, N, 2) featlab pixels in image 0.
@@ -242,8 +305,9 @@ def caps_losses(points0: torch.Tensor, maps0: dict, maps1: dict, F_0to1: torch.T
         mask0: (B, N) bool, False for padding queries.
     Returns:
         (losses, metrics): losses ``coarse``, ``fine``, ``cycle_coarse``, ``cycle_fine`` (scalars, unweighted);
-        metrics ``coarse_error`` / ``fine_error`` (mean epipolar distance in pixels over valid queries),
-        ``valid`` / ``fine_valid`` (fraction of queries used), plus the per-query tensors under ``matches``.
+        metrics ``coarse_error`` / ``fine_error`` (mean epipolar distance in pixels over the queries of the coarse /
+        fine term), ``valid`` / ``fine_valid`` (fraction of queries in the coarse / fine term), plus the per-query
+        tensors under ``matches``.
     """
     kw = dict(temperature=conf.temperature, window_size=conf.window_size, chunk_size=conf.chunk_size,
               checkpoint=conf.checkpoint)
@@ -252,33 +316,24 @@ def caps_losses(points0: torch.Tensor, maps0: dict, maps1: dict, F_0to1: torch.T
     valid &= torch.isfinite(points0).all(-1)
     if mask0 is not None:
         valid &= mask0
-    std_c = std_f = None
-    if conf.std_weighting:
-        cell_c = extent1[1] / maps1["coarse"].shape[-1]
-        cell_f = extent1[1] / maps1["fine"].shape[-1]
-        std_c = fwd["coarse_stds"].clamp(min=conf.min_std * cell_c)
-        std_f = fwd["fine_stds"].clamp(min=conf.min_std * cell_f)
-    loss_c, err_c = epipolar_loss(points0, fwd["coarse_points"], F_0to1, image_size1, valid, std_c)
-    fine_valid = valid & (err_c.detach() <= conf.max_coarse_error * max(image_size1))
-    loss_f, err_f = epipolar_loss(points0, fwd["fine_points"], F_0to1, image_size1, fine_valid, std_f)
-
     # cycle: match the coarse / fine predictions back into image 0
     bwd = match_coarse_to_fine(fwd["coarse_points"], maps1, maps0, extent1, extent0, levels="coarse", **kw)
     bwd_f = match_coarse_to_fine(fwd["fine_points"], maps1, maps0, extent1, extent0, **kw)
-    loss_cc, _ = cycle_loss(points0, bwd["coarse_points"], image_size0, valid)
-    loss_cf, _ = cycle_loss(points0, bwd_f["fine_points"], image_size0, fine_valid)
+    pred = {**fwd, "cycle_coarse_points": bwd["coarse_points"], "cycle_fine_points": bwd_f["fine_points"]}
+    floors = tuple(conf.min_std * extent1[1] / maps1[level].shape[-1] for level in ("coarse", "fine"))  # min_std cells
+    losses, masks = caps_loss_terms(points0, pred, F_0to1, image_size0, image_size1, valid, conf, floors)
 
     n = valid.numel()
     with torch.no_grad():
         metrics = {
-            "coarse_error": masked_mean(err_c, valid),
-            "fine_error": masked_mean(err_f, fine_valid),
-            "valid": valid.float().sum() / max(n, 1),
-            "fine_valid": fine_valid.float().sum() / max(n, 1),
+            "coarse_error": masked_mean(masks["coarse_errors"], masks["coarse"]),
+            "fine_error": masked_mean(masks["fine_errors"], masks["fine"]),
+            "valid": masks["coarse"].float().sum() / max(n, 1),
+            "fine_valid": masks["fine"].float().sum() / max(n, 1),
         }
-    losses = {"coarse": loss_c, "fine": loss_f, "cycle_coarse": loss_cc, "cycle_fine": loss_cf}
-    metrics["matches"] = {**fwd, "valid": valid, "fine_valid": fine_valid, "coarse_errors": err_c.detach(),
-                          "fine_errors": err_f.detach()}
+    # per-query tensors: the predictions, ``valid``, each term's mask ``<term>_valid``, errors and cycle distances
+    terms = ("coarse", "fine", "cycle_coarse", "cycle_fine")
+    metrics["matches"] = {**fwd, "valid": valid, **{(f"{k}_valid" if k in terms else k): v for k, v in masks.items()}}
     return losses, metrics
 
 

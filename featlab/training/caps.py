@@ -14,8 +14,9 @@ so a resumed run sees the batches an uninterrupted one would, with any number of
 - both images resized to ``data.image_size`` ([H, W]); intrinsics scaled by the same factors
   (``K' = diag(sx, sy, 1) K``, exact in featlab's pixel convention);
 - colour jitter, independently per image (:func:`featlab.datasets.homographies.photometric_augment`);
-- ``data.num_queries`` query points per image: a fraction ``data.sift_fraction`` drawn among OpenCV SIFT keypoints
-  of that image (distinct locations), the rest (and any shortfall) uniform over the image.
+- ``data.num_queries`` query points per image: a fraction ``data.sift_fraction`` drawn among the keypoints of
+  featlab's SIFT extractor (``sift``, all of them) on that image (distinct locations), the rest (and any shortfall)
+  uniform over the image.
 
 Step: both images of every pair go through the network in one batch; :class:`featlab.losses.caps.CAPSLoss` gives
 the coarse/fine epipolar losses and the cycle terms (both directions: queries of image 0 and of image 1).
@@ -32,13 +33,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..conf import deep_update, resolve_conf, to_container
-from ..datasets import homographies
+from ..conf import deep_update, none_or, resolve_conf, to_container
+from ..datasets import homographies, splits
 from ..datasets import rgbd as rgbd_module
 from ..datasets.posed import resize_view
 from ..errors import ConfigError, InputError
@@ -50,7 +50,6 @@ from ..losses.caps import CAPSLoss, epipolar_errors, epipolar_line_valid, match_
 from ..losses.caps import default_conf as loss_default_conf
 from ..nn.resunet import ResUNet, map_extent
 from ..nn.resunet import default_conf as model_default_conf
-from ..pixels import from_opencv
 from . import loop
 
 #: the experiment config used when --config is not given
@@ -60,13 +59,14 @@ SUMMARY = "CAPS descriptors (ResNet U-Net) supervised by relative camera poses o
 default_conf = {
     "model": model_default_conf,  # network, see featlab.nn.resunet
     "data": {
-        "root": None,  # RGB-D sequence folder (7-Scenes or TUM layout; CLI --data)
+        "root": none_or(str, Path),  # RGB-D sequence folder (7-Scenes or TUM layout; CLI --data)
         "rgbd": rgbd_module.default_conf,  # sequence reader settings (intrinsics choice: configs/caps.yaml sets
         # focal 525, which fits 7-Scenes' colour images better than the file's 585, see featlab.datasets.rgbd)
-        "frame_range": [0, 400],  # [start, stop) frames used for training pairs
+        "frame_range": list(splits.TRAIN_FRAMES),  # [start, stop) frames of the training pairs (both frames)
+        "allow_eval_data": False,  # true: allow training/selecting on evaluation-only data (featlab.datasets.splits)
         "gaps": [20],  # frame gaps of the training pairs
         "min_covisibility": 0.3,  # depth-checked overlap of a pair (used only to select pairs)
-        "max_pairs_per_gap": None,  # cap on pairs per gap; null: every candidate that passes
+        "max_pairs_per_gap": none_or(int),  # cap on pairs per gap; null: every candidate that passes
         "max_rotation": 80.0,  # degrees; pairs with a larger relative rotation are dropped
         "image_size": [240, 320],  # [H, W] both images are resized to (K scaled accordingly)
         "batch_size": 2,  # pairs per step
@@ -77,8 +77,9 @@ default_conf = {
         # jitter per image, see featlab.datasets.homographies (no pixel noise by default: CAPS uses colour jitter)
     },
     "val": {
-        "root": None,  # sequence of the validation pairs; null: data.root
-        "frame_range": [400, 500],  # held-out frames
+        "root": none_or(str, Path),  # sequence of the validation pairs; null: data.root
+        "frame_range": list(splits.SELECT_FRAMES),  # [start, stop) selection frames (a 10-frame buffer after
+        # the training frames; frames 400-499 of 7-Scenes are for reporting only, featlab.datasets.splits)
         "gaps": [20],  # frame gaps of the validation pairs
         "min_covisibility": 0.3,
         "num_pairs": 10,  # pairs kept (evenly spaced over the candidates)
@@ -98,16 +99,17 @@ def resize_with_intrinsics(image: np.ndarray, K: np.ndarray, size) -> tuple[np.n
     return image, K
 
 
-def sift_locations(detector, image: np.ndarray) -> np.ndarray:
-    """Distinct SIFT keypoint locations (M, 2) in featlab pixels of a uint8 RGB image, strongest first."""
-    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    kps = detector.detect(gray, None)
-    if not kps:
-        return np.zeros((0, 2), np.float32)
-    kps = sorted(kps, key=lambda k: -k.response)
-    pts = np.array([k.pt for k in kps], np.float32)
+def sift_locations(extractor, image: np.ndarray) -> np.ndarray:
+    """Distinct keypoint locations (M, 2) in featlab pixels of a uint8 RGB (H, W, 3) image, strongest first.
+
+    ``extractor``: featlab's SIFT (``build_extractor("sift", {"max_keypoints": -1})``), so that the queries get
+    its pixel conversion, measured 0.25 px correction included (:class:`featlab.extractors.handcrafted.SIFT`).
+    """
+    with torch.no_grad():
+        pts = extractor({"image": image_to_tensor(image)})["keypoints"][0].cpu().numpy()
+    # OpenCV repeats a location for each of its dominant orientations
     _, first = np.unique(np.round(pts, 2), axis=0, return_index=True)
-    return from_opencv(pts[np.sort(first)])
+    return pts[np.sort(first)].astype(np.float32)
 
 
 def sample_queries(rng: np.random.Generator, candidates: np.ndarray, num: int, fraction: float,
@@ -178,7 +180,7 @@ class PosedPairStream(Dataset):
         self.sift_fraction = float(data_conf.sift_fraction)
         self.photometric = to_container(data_conf.photometric)
         self.seed = int(seed)
-        self._sift = None  # OpenCV objects are built inside each worker process
+        self._sift = None  # built inside each worker process (OpenCV objects do not pickle)
         self._shuffle = loop.EpochShuffle(self.seed)
 
     def __len__(self) -> int:  # nominal: indices are global sample numbers
@@ -186,8 +188,11 @@ class PosedPairStream(Dataset):
 
     @property
     def sift(self):
+        """featlab's SIFT extractor, all keypoints (the query candidates)."""
         if self._sift is None:
-            self._sift = cv2.SIFT_create()
+            from ..extractors import build_extractor
+
+            self._sift = build_extractor("sift", {"max_keypoints": -1})
         return self._sift
 
     def pair_of(self, index: int) -> int:
