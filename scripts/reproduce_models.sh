@@ -3,12 +3,14 @@
 # usage: bash scripts/reproduce_models.sh [DATA_DIR] [RUNS_DIR] [extra key=value overrides, e.g. train.device=cuda]
 # DATA_DIR defaults to ../shared/data (photos/{bsds500,sun_hays80}, rgbd/7scenes_redkitchen). The runs are
 # sequential; on a 2-core CPU expect days (about 4 s per residual step, 6.6 s per CAPS step), on a GPU about an hour.
+# Data follow the split rule (docs/DATASETS.md), through the default configs: residual models train on
+# bsds500/train + sun_hays80 and are selected on bsds500/val; CAPS trains on 7-Scenes frames 0-349 and is selected
+# on frames 360-399. bsds500/test and frames 400-499 are never read here: they are for reporting only.
 set -euo pipefail
 DATA=${1:-../shared/data}; RUNS=${2:-runs/reproduce}; shift $(( $# < 2 ? $# : 2 ))
 FL=${FEATLAB:-featlab}
-P=$DATA/photos
-COMMON=(--photos "$P/bsds500/train" --photos "$P/bsds500/val" --photos "$P/sun_hays80" --val-photos "$P/bsds500/test"
-        model.batchnorm=true data.num_workers=2 train.val_every=250 train.checkpoint_every=250)
+export FEATLAB_DATA=$DATA  # the data root that configs/residual.yaml's photo folders live in
+COMMON=(model.batchnorm=true data.num_workers=2 train.val_every=250 train.checkpoint_every=250)
 EXTRA=("$@")  # last, so that they override the recipes' values (e.g. train.max_steps=2 for a smoke test)
 res() { local name=$1; shift; $FL train residual "${COMMON[@]}" -o "$RUNS/$name" "$@" "${EXTRA[@]}" --export "$name"; }
 res residual-sift-joint train.max_steps=2500

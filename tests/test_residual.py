@@ -187,12 +187,62 @@ class TestTripletLoss:
         matches0 = torch.tensor([[2, -1, 0]])
         assert invert_matches(matches0, 4).tolist() == [[2, -1, 0, -1]]
         desc = self._one_hot(3)
-        loss, m = TripletLoss({"mining": "hardest"})(desc, desc[:, [2, 1, 0]], matches0)
-        assert loss.item() == pytest.approx(0.0, abs=1e-5) and "triplet_accuracy" in m
+        losses, m = TripletLoss({"mining": "hardest"})({"descriptors0": desc, "descriptors1": desc[:, [2, 1, 0]]},
+                                                      {"matches0": matches0})
+        assert losses["total"].item() == pytest.approx(0.0, abs=1e-5) and "triplet_accuracy" in m
         with pytest.raises(ConfigError):
             TripletLoss({"mining": "semi-hard"})
         with pytest.raises(ConfigError):
             TripletLoss({"margn": 1.0})
+
+
+class TestTripletLossSignature:
+    """The configured loss has featlab's one loss signature: ``loss(pred, data) -> (losses, metrics)``."""
+
+    @staticmethod
+    def _pair(seed=0, b=2, n=12, m=10):
+        g = torch.Generator().manual_seed(seed)
+        pred = {"descriptors0": F.normalize(torch.randn(b, n, 8, generator=g), dim=-1).requires_grad_(),
+                "descriptors1": F.normalize(torch.randn(b, m, 8, generator=g), dim=-1)}
+        matches0 = torch.where(torch.rand(b, n, generator=g) < 0.6, torch.randint(0, m, (b, n), generator=g), -1)
+        matches0[:, 0] = 0  # at least one anchor per pair (a duplicate target is fine for the loss)
+        data = {"matches0": matches0, "keypoints0": torch.rand(b, n, 2, generator=g) * 50,
+                "keypoints1": torch.rand(b, m, 2, generator=g) * 50,
+                "keypoint_masks0": torch.ones(b, n, dtype=torch.bool), "keypoint_masks1": torch.arange(m) < m - 2}
+        data["keypoint_masks1"] = data["keypoint_masks1"].expand(b, m)
+        return pred, data
+
+    def test_one_direction_is_the_pure_function(self):
+        pred, data = self._pair()
+        losses, metrics = TripletLoss({"symmetric": False})(pred, data)
+        ref, ref_metrics = triplet_loss(pred["descriptors0"], pred["descriptors1"], data["matches0"],
+                                        data["keypoints1"], data["keypoint_masks1"])
+        assert set(losses) == {"total", "triplet0"}
+        torch.testing.assert_close(losses["total"], ref)
+        assert losses["total"].item() > 0
+        for k, v in ref_metrics.items():
+            torch.testing.assert_close(metrics[k], v)
+
+    def test_symmetric_is_the_mean_of_both_directions_with_finite_gradients(self):
+        pred, data = self._pair(seed=1)
+        losses, metrics = TripletLoss()(pred, data)
+        d0, d1 = pred["descriptors0"], pred["descriptors1"]
+        fwd, _ = triplet_loss(d0, d1, data["matches0"], data["keypoints1"], data["keypoint_masks1"])
+        bwd, _ = triplet_loss(d1, d0, invert_matches(data["matches0"], d1.shape[1]), data["keypoints0"],
+                              data["keypoint_masks0"])
+        torch.testing.assert_close(losses["triplet0"], fwd)
+        torch.testing.assert_close(losses["triplet1"], bwd)
+        torch.testing.assert_close(losses["total"], 0.5 * (fwd + bwd))
+        losses["total"].backward()
+        assert torch.isfinite(d0.grad).all() and d0.grad.abs().sum() > 0
+        assert all(not v.requires_grad for v in metrics.values())
+
+    def test_random_mining_uses_the_given_generator(self):
+        pred, data = self._pair(seed=2)
+        loss_fn = TripletLoss({"mining": "random"})
+        a, _ = loss_fn(pred, data, generator=torch.Generator().manual_seed(5))
+        b, _ = loss_fn(pred, data, generator=torch.Generator().manual_seed(5))
+        assert a["total"].item() == b["total"].item()
 
 
 class TestCorrespondences:

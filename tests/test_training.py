@@ -80,7 +80,16 @@ class TestLoop:
         assert [r["step"] for r in vals] == [0, 20, 40] and all("time" in r for r in records)
         assert (tmp_path / "best.safetensors").is_file() and (tmp_path / "final.safetensors").is_file()
         assert (tmp_path / "checkpoints" / "last.pt").is_file() and any((tmp_path / "tensorboard").iterdir())
-        assert summary["best_step"] in (0, 20, 40)
+        # best_step is the validation with the highest best_metric, and best.safetensors holds its weights
+        best = max(vals, key=lambda r: r["val/neg_mse"])
+        assert summary["best_step"] == best["step"] and summary["best_value"] == best["val/neg_mse"]
+        assert summary["best_value"] > vals[0]["val/neg_mse"]  # training improved on the untrained model
+        from safetensors.torch import load_file
+
+        task.model.load_state_dict(load_file(str(tmp_path / "best.safetensors")))
+        task.model.eval()
+        with torch.no_grad():
+            assert task.validate()["neg_mse"].item() == pytest.approx(summary["best_value"], rel=1e-6)
         assert not list((tmp_path / "checkpoints").glob(".*tmp*"))  # atomic writes leave no temporary files
 
     def test_errors(self, tmp_path):
@@ -165,6 +174,79 @@ class TestResidualTask:
         # g's descriptors arrive as constants from the data pipeline
         assert not batch["g_descriptors0"].requires_grad and batch["g_descriptors0"].grad is None
 
+    def test_training_warps_are_not_the_benchmark_or_validation_warps(self, photos):
+        # same seed, same photo, same warp settings: the role ("train", "select", "benchmark") separates the streams
+        from featlab.conf import to_container
+        from featlab.datasets.synthetic import SyntheticHomographyPairs
+        from featlab.training.residual import HomographyPairStream, ResidualTask
+
+        task = ResidualTask(_tiny_conf(photos, train={"seed": 7}))
+        c = task.conf
+        one = [task.dataset.photos[0]]
+        stream = HomographyPairStream(one, c, seed=7)
+        bench = SyntheticHomographyPairs(one[0].parent, {
+            "seed": 7, "max_images": 1, "pairs_per_image": 3, "resize": list(c.data.image_size),
+            "homography": to_container(c.data.homography), "photometric": to_container(c.data.photometric)})
+        assert bench.paths == one
+        for k in range(3):
+            assert not np.allclose(stream[k]["H_0to1"], bench[k]["H_0to1"]), k
+        # the validation pairs (seed val.seed, centre crops) are not the benchmark's pairs with that seed either
+        bench_val = SyntheticHomographyPairs(photos, {
+            "seed": int(c.val.seed), "max_images": int(c.val.num_pairs), "crop": "center",
+            "resize": list(c.data.image_size), "homography": to_container(c.data.homography),
+            "photometric": to_container(c.data.photometric)})
+        assert len(task.val_pairs) == len(bench_val) == 2
+        for pair, item in zip(task.val_pairs, bench_val):
+            assert not np.allclose(pair["H_0to1"], item["H_0to1"])
+
+    def test_exact_resume_reproduces_the_uninterrupted_weights(self, photos, tmp_path):
+        from featlab.training.residual import ResidualTask
+
+        conf = _tiny_conf(photos, val={"photos": None}, train={"dtype": "float32", "checkpoint_every": 2,
+                                                                 "max_steps": 4, "val_every": 2})
+
+        def task():
+            torch.manual_seed(0)
+            return ResidualTask(conf)
+
+        a = task()
+        train(a, conf["train"], tmp_path / "a")
+        b = task()
+        train(b, {**conf["train"], "max_steps": 2}, tmp_path / "b")  # "interrupted" after the checkpoint at step 2
+        b2 = ResidualTask(conf)  # a fresh process: other initial weights, global RNG elsewhere
+        torch.manual_seed(12345)
+        np.random.seed(54321)
+        assert not torch.equal(_params(b2.model), _params(b.model))
+        assert train(b2, conf["train"], tmp_path / "b", resume=True)["step"] == 4
+        assert torch.equal(_params(a.model), _params(b2.model))
+        assert not torch.equal(_params(a.model), _params(b.model))  # the resumed steps did change the weights
+        la = [r["loss"] for r in read_metrics(tmp_path / "a" / "metrics.jsonl") if r["kind"] == "train"]
+        lb = [r["loss"] for r in read_metrics(tmp_path / "b" / "metrics.jsonl") if r["kind"] == "train"]
+        assert la == lb and len(la) == 4
+
+    def test_cli_resume_refuses_recipe_changes(self, photos, tmp_path, capsys):
+        run = tmp_path / "run"
+        args = ["train", "residual", "--photos", str(photos), "--val-photos", str(photos), "-o", str(run), *TINY,
+                "train.max_steps=1", "val.num_pairs=1"]
+        assert main(args) == 0
+        config = (run / "config.yaml").read_text()
+        checkpoint = (run / "checkpoints" / "last.pt").read_bytes()
+        capsys.readouterr()
+        resume = ["train", "residual", "-o", str(run), "--resume"]
+        for extra, key in [(["model.fusion=sum"], "model.fusion"), (["train.lr=0.1"], "train.lr"),
+                           (["--photos", str(tmp_path)], "data.photos"), (["val.seed=3"], "val.seed"),
+                           (["train.max_steps=2", "data.allow_eval_data=true"], "data.allow_eval_data")]:
+            assert main(resume + extra) == 2, extra
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and f"--resume cannot change {key} " in err[0] and "train.max_steps" in err[0]
+        # nothing moved: same config, same checkpoint, no record
+        assert (run / "config.yaml").read_text() == config
+        assert (run / "checkpoints" / "last.pt").read_bytes() == checkpoint
+        assert not (run / "resume_overrides.jsonl").exists()
+        # an override equal to the saved value changes nothing and is accepted
+        assert main(resume + ["model.fusion=concat", "train.progress=false"]) == 0
+        assert not (run / "resume_overrides.jsonl").exists()
+
     def test_cli_end_to_end_resume_and_export(self, photos, tmp_path, monkeypatch, capsys):
         import featlab.training.residual as residual
         from featlab.extractors import build_extractor
@@ -188,22 +270,33 @@ class TestResidualTask:
         ext = build_extractor("residual-sift", {"weights": str(run / "best.safetensors"), "max_keypoints": 30})
         pred = ext({"image": torch.rand(1, 3, 64, 80)})
         assert pred["descriptors"].shape[-1] == 256
-        # resume from the saved config with a longer schedule
+        # resume from the saved config with a longer schedule: config.yaml is kept, the change is recorded beside it
+        config = (run / "config.yaml").read_text()
         assert main(["train", "residual", "-o", str(run), "--resume", "train.max_steps=4"]) == 0
         assert max(r["step"] for r in read_metrics(run / "metrics.jsonl")) == 4
+        assert (run / "config.yaml").read_text() == config
+        records = [json.loads(line) for line in (run / "resume_overrides.jsonl").read_text().splitlines()]
+        assert len(records) == 1 and records[0]["changes"] == {"train.max_steps": {"from": 3, "to": 4}}
+        # a later resume replays the recorded budget (and records nothing new)
+        capsys.readouterr()
+        assert main(["train", "residual", "-o", str(run), "--resume"]) == 0
+        assert json.loads(capsys.readouterr().out.splitlines()[0])["step"] == 4
+        assert len((run / "resume_overrides.jsonl").read_text().splitlines()) == 1
         capsys.readouterr()
         # a second fresh run into the same folder is refused
         assert main(args) == 2
         assert "--resume" in capsys.readouterr().err
 
-    def test_cli_config_errors(self, photos, tmp_path, capsys):
+    def test_cli_config_errors(self, photos, tmp_path, capsys, monkeypatch):
+        monkeypatch.setenv("FEATLAB_DATA", str(tmp_path / "no-data"))  # the default photo folders do not exist
         base = ["train", "residual", "--photos", str(photos), "--val-photos", str(photos), *TINY]
         assert main(base + ["-o", str(tmp_path / "a"), "model.fusoin=sum"]) == 2
         assert "unknown config key 'model.fusoin'" in capsys.readouterr().err
         assert main(base + ["-o", str(tmp_path / "b"), "--export", "residual-rootsift"]) == 2
         assert "handcrafted" in capsys.readouterr().err
-        assert main(["train", "residual", "-o", str(tmp_path / "c"), *TINY]) == 2
-        assert "--photos" in capsys.readouterr().err
+        assert main(["train", "residual", "-o", str(tmp_path / "c"), *TINY, "train.max_steps=1"]) == 2
+        err = capsys.readouterr().err
+        assert "data.photos folder not found" in err and "--photos" in err and "FEATLAB_DATA" in err
         assert main(["train", "residual", "-o", str(tmp_path / "d"), "--resume"]) == 2
         assert "cannot resume" in capsys.readouterr().err
         assert not (tmp_path / "a").exists()
@@ -228,3 +321,112 @@ def test_cli_train_with_a_missing_init_file_writes_nothing(photos, tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "not found" in err[0]
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------------- split rule
+@pytest.fixture()
+def data_root(photos, tmp_path, monkeypatch):
+    """A data root with the shared data's layout (tiny photos), set as FEATLAB_DATA."""
+    import shutil
+
+    root = tmp_path / "data"
+    for folder in ("photos/bsds500/train", "photos/bsds500/val", "photos/bsds500/test", "photos/sun_hays80",
+                   "posed/strecha/castle-P30/images", "posed/strecha/Herz-Jesus-P25/images"):
+        shutil.copytree(photos, root / folder)
+    (root / "rgbd" / "7scenes_redkitchen").mkdir(parents=True)
+    monkeypatch.setenv("FEATLAB_DATA", str(root))
+    return root
+
+
+class TestSplits:
+    def test_evaluation_only_folders(self, data_root):
+        from featlab.datasets.splits import eval_only_folder
+
+        for rel in ("photos/bsds500/test", "photos/bsds500", "photos", ".", "posed/strecha/Herz-Jesus-P25/images",
+                    "posed/strecha"):
+            assert eval_only_folder(data_root / rel) is not None, rel
+        for rel in ("photos/bsds500/train", "photos/bsds500/val", "photos/sun_hays80",
+                    "posed/strecha/castle-P30/images"):
+            assert eval_only_folder(data_root / rel) is None, rel
+        # through a link with another name, and named like the benchmark's folder anywhere
+        (data_root.parent / "link").symlink_to(data_root / "photos" / "bsds500" / "test")
+        assert eval_only_folder(data_root.parent / "link") == "photos/bsds500/test"
+        assert eval_only_folder("/elsewhere/bsds500/test/sub") == "photos/bsds500/test"
+
+    def test_evaluation_only_frames(self, data_root):
+        from featlab.datasets.splits import REPORT_FRAMES, SELECT_FRAMES, TRAIN_FRAMES, eval_only_frames
+
+        seq = data_root / "rgbd" / "7scenes_redkitchen"
+        assert TRAIN_FRAMES == (0, 350) and SELECT_FRAMES == (360, 400) and REPORT_FRAMES == (400, 500)
+        assert eval_only_frames(seq, TRAIN_FRAMES) is None and eval_only_frames(seq, SELECT_FRAMES) is None
+        assert eval_only_frames(seq, (0, 401)) == 400 and eval_only_frames(seq, None) == 400
+        assert eval_only_frames(data_root / "synthetic-room-1", (0, 500)) is None
+
+    def test_default_configs_follow_the_split_rule(self, data_root):
+        from types import SimpleNamespace
+
+        import featlab.training.caps as caps
+        import featlab.training.residual as residual
+        from featlab.commands.train import resolve_run_conf
+        from featlab.conf import load_yaml, resolve_conf
+        from featlab.datasets import splits
+
+        args = SimpleNamespace(output=data_root / "run", resume=False, config=None, overrides=[], photos=None,
+                               val_photos=None)
+        conf, changes = resolve_run_conf(residual, args)
+        assert changes == {}
+        assert list(conf.data.photos) == [str(data_root / "photos/bsds500/train"), str(data_root / "photos/sun_hays80")]
+        assert conf.val.photos == str(data_root / "photos/bsds500/val") and conf.data.allow_eval_data is False
+        splits.check_run(conf)
+        residual.check_conf(conf)
+        caps_conf = resolve_conf(caps.default_conf, {**load_yaml(caps.DEFAULT_CONFIG),
+                                                     "data": {**load_yaml(caps.DEFAULT_CONFIG)["data"],
+                                                              "root": str(data_root / "rgbd/7scenes_redkitchen")}})
+        assert list(caps_conf.data.frame_range) == [0, 350] and list(caps_conf.val.frame_range) == [360, 400]
+        splits.check_run(caps_conf)
+        seq = str(data_root / "rgbd/7scenes_redkitchen")
+        with pytest.raises(ConfigError, match=r"val.frame_range=\[400, 500\] .* selects on evaluation-only frames"):
+            splits.check_run(resolve_conf(caps.default_conf, {"data": {"root": seq, "frame_range": [0, 350]},
+                                                              "val": {"frame_range": [400, 500]}}))
+        with pytest.raises(ConfigError, match=r"data.frame_range=\[0, 500\] .* trains on evaluation-only frames"):
+            splits.check_run(resolve_conf(caps.default_conf, {"data": {"root": seq, "frame_range": [0, 500]},
+                                                              "val": {"frame_range": [360, 400]}}))
+
+    @pytest.mark.parametrize("flags,key", [
+        (["--photos", "photos/bsds500/test"], "data.photos"),
+        (["--photos", "photos"], "data.photos"),
+        (["--val-photos", "photos/bsds500/test"], "val.photos"),
+        (["--val-photos", "posed/strecha/Herz-Jesus-P25/images"], "val.photos")])
+    def test_cli_refuses_evaluation_data_unless_allowed(self, data_root, tmp_path, capsys, flags, key):
+        flags = [f if f.startswith("-") else str(data_root / f) for f in flags]
+        run = tmp_path / "run"
+        base = ["train", "residual", "-o", str(run), *flags, *TINY, "train.max_steps=0", "val.num_pairs=1"]
+        assert main(base) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].count(f"{key}=") == 1 and "evaluation-only" in err[0]
+        assert "data.allow_eval_data=true" in err[0]
+        assert not run.exists()  # refused before anything is written
+        assert main(base + ["data.allow_eval_data=true"]) == 0
+        assert "allow_eval_data: true" in (run / "config.yaml").read_text()
+
+
+def test_resume_overrides_are_replayed_in_order(tmp_path):
+    from featlab.commands.train import RESUME_KEYS, recorded_overrides, record_resume, resume_changes
+    from featlab.conf import resolve_conf
+
+    assert {"train.max_steps", "train.max_minutes"} <= set(RESUME_KEYS) and "train.lr" not in RESUME_KEYS
+    defaults = {"train": loop.default_conf, "data": {"num_workers": 1}}
+    before = resolve_conf(defaults, {"train": {"max_steps": 10}})
+    after = resolve_conf(defaults, {"train": {"max_steps": 20, "max_minutes": 5.0}})
+    changes = resume_changes(before, after)
+    assert changes == {"train.max_minutes": {"from": None, "to": 5.0}, "train.max_steps": {"from": 10, "to": 20}}
+    record_resume(tmp_path, changes)
+    record_resume(tmp_path, {"train.max_steps": {"from": 20, "to": 30}})
+    record_resume(tmp_path, {})  # no change, no line
+    assert len((tmp_path / "resume_overrides.jsonl").read_text().splitlines()) == 2
+    assert recorded_overrides(tmp_path) == {"train": {"max_steps": 30, "max_minutes": 5.0}}
+    with pytest.raises(ConfigError, match="--resume cannot change train.lr"):
+        resume_changes(before, resolve_conf(defaults, {"train": {"max_steps": 10, "lr": 0.5}}))
+    (tmp_path / "resume_overrides.jsonl").write_text("not json\n")
+    with pytest.raises(InputError, match="line 1"):
+        recorded_overrides(tmp_path)

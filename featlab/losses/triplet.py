@@ -128,7 +128,23 @@ def _triplet_loss(desc0, desc1, matches0, keypoints1, mask1, margin, mining, neg
 
 
 class TripletLoss:
-    """Configured wrapper of :func:`triplet_loss`; symmetric by default (anchors in both images)."""
+    """Configured triplet loss: ``loss(pred, data) -> (losses, metrics)`` (the signature of every featlab loss);
+    symmetric by default (anchors in both images).
+
+    Args:
+        conf: keys of :attr:`default_conf`.
+
+    Call with:
+        pred: ``descriptors0`` (B, N, D), ``descriptors1`` (B, M, D).
+        data: ``matches0`` (B, N) int64 index into image 1, -1 unmatched; ``keypoints1`` (B, M, 2) (and
+            ``keypoints0`` (B, N, 2) when symmetric) for 'hardest-outside-radius'; optional ``keypoint_masks0``
+            (B, N) / ``keypoint_masks1`` (B, M) bool, False for padding.
+        generator: optional torch generator for 'random' mining (reproducibility).
+    Returns:
+        losses: ``total`` (what to minimise: the mean of the directions), ``triplet0`` (anchors in image 0) and,
+            when symmetric, ``triplet1`` (anchors in image 1); scalar tensors.
+        metrics: those of :func:`triplet_loss`, averaged over the directions; detached scalar tensors.
+    """
 
     default_conf = {
         "margin": 1.0,  # hinge margin (see the module docstring for the choice vs the paper's m = 2)
@@ -148,15 +164,17 @@ class TripletLoss:
         if self.conf.distance not in DISTANCES:
             raise ConfigError(f"loss.distance must be one of {DISTANCES}, got {self.conf.distance!r}")
 
-    def __call__(self, desc0, desc1, matches0, keypoints0=None, keypoints1=None, mask0=None, mask1=None,
-                 generator=None):
-        """Shapes as :func:`triplet_loss`; returns (loss, metrics) averaged over both directions if symmetric."""
+    def __call__(self, pred: dict, data: dict, generator: torch.Generator | None = None):
         c = self.conf
         kw = dict(margin=c.margin, mining=c.mining, negative_radius=c.negative_radius, distance=c.distance,
                   generator=generator)
-        loss, metrics = triplet_loss(desc0, desc1, matches0, keypoints1, mask1, **kw)
+        desc0, desc1, matches0 = pred["descriptors0"], pred["descriptors1"], data["matches0"]
+        loss0, metrics = triplet_loss(desc0, desc1, matches0, data.get("keypoints1"), data.get("keypoint_masks1"),
+                                      **kw)
         if not c.symmetric:
-            return loss, metrics
+            return {"total": loss0, "triplet0": loss0}, metrics
         matches1 = invert_matches(matches0, desc1.shape[1])
-        loss1, metrics1 = triplet_loss(desc1, desc0, matches1, keypoints0, mask0, **kw)
-        return 0.5 * (loss + loss1), {k: 0.5 * (v + metrics1[k]) for k, v in metrics.items()}
+        loss1, metrics1 = triplet_loss(desc1, desc0, matches1, data.get("keypoints0"), data.get("keypoint_masks0"),
+                                       **kw)
+        losses = {"total": 0.5 * (loss0 + loss1), "triplet0": loss0, "triplet1": loss1}
+        return losses, {k: 0.5 * (v + metrics1[k]) for k, v in metrics.items()}

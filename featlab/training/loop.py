@@ -33,9 +33,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..conf import resolve_conf, to_container
+from ..conf import none_or, resolve_conf, to_container
 from ..errors import ConfigError, InputError
 from ..io.atomic import atomic_path, atomic_write_text
+from ..rng import role_rng
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ default_conf = {
     "max_steps": 20000,  # optimiser steps
     "lr": 1e-3,  # Adam learning rate
     "weight_decay": 0.0,  # Adam (L2) weight decay
-    "grad_clip": None,  # clip the global gradient norm to this value; null: no clipping
+    "grad_clip": none_or(float),  # clip the global gradient norm to this value; null: no clipping
     "log_every": 10,  # steps between training-metric records (averaged over those steps)
     "val_every": 500,  # steps between validations (and always at the last step)
     "checkpoint_every": 500,  # steps between checkpoints (and always at the last step)
@@ -53,14 +54,15 @@ default_conf = {
     "device": "auto",  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
     "dtype": "auto",  # auto | float32 | bfloat16 (autocast for the CNN; losses and geometry stay float32);
     #                   auto: bfloat16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else float32
-    "channels_last": None,  # true | false | null (auto: true with bfloat16): channels_last memory format for the
-    #                         CNN; with float32 on an AVX2 CPU it slows the backward pass (measured 1.6x)
-    "lr_decay_every": None,  # step decay: multiply the lr by lr_decay_factor every this many steps; null: constant
+    "channels_last": none_or(bool),  # true | false | null (auto: true with bfloat16): channels_last memory format
+    #                         for the CNN; with float32 on an AVX2 CPU it slows the backward pass (measured 1.6x)
+    "lr_decay_every": none_or(int),  # step decay: multiply the lr by lr_decay_factor every this many steps;
+    #                           null: constant
     "lr_decay_factor": 0.5,
-    "num_threads": None,  # torch intra-op threads; null: torch's default
+    "num_threads": none_or(int),  # torch intra-op threads; null: torch's default
     "progress": True,  # tqdm progress bar
-    "max_minutes": None,  # wall-clock budget of this invocation: stop (validate, checkpoint) after the step that
-    #                      passes it; --resume continues with a fresh budget. null: no budget
+    "max_minutes": none_or(float),  # wall-clock budget of this invocation: stop (validate, checkpoint) after the
+    #                      step that passes it; --resume continues with a fresh budget. null: no budget
 }
 
 
@@ -419,9 +421,16 @@ def iterate_batches(dataset, batch_size: int, num_workers: int, start_step: int,
         del it
 
 
+#: sub-index of the epoch permutations in the "train" stream: role_rng(seed, "train", epoch, _SHUFFLE) has one more
+#: index than a training sample's role_rng(seed, "train", i), so the two never share a generator. Never 0: numpy's
+#: SeedSequence reads trailing zeros as absent ([s, 0, e, 0] is [s, 0, e])
+_SHUFFLE = 1
+
+
 class EpochShuffle:
     """Global sample index -> item index: a fresh permutation of the n items each epoch, a function of
-    (seed, epoch) only, so any sample can be rebuilt in any process (workers, a resumed run)."""
+    (seed, epoch) only, so any sample can be rebuilt in any process (workers, a resumed run). Drawn from the
+    "train" role's stream (:func:`featlab.rng.role_rng`), with a sub-index that no training sample uses."""
 
     def __init__(self, seed: int):
         self.seed = seed
@@ -430,6 +439,6 @@ class EpochShuffle:
     def __call__(self, index: int, n: int) -> int:
         epoch = index // n
         if self._epoch != epoch:
-            self._perm = np.random.default_rng([self.seed, epoch, 1]).permutation(n)
+            self._perm = role_rng(self.seed, "train", epoch, _SHUFFLE).permutation(n)
             self._epoch = epoch
         return int(self._perm[index % n])

@@ -9,11 +9,16 @@ keypoint of image 1, mutual closest. The network (h + f) is trained with the tri
 :mod:`featlab.losses.triplet`.
 
 Sample ``i`` of the training stream (step s, batch b: i = s * batch_size + b) draws all its randomness from
-``numpy.random.default_rng([seed, i])`` and its photo from a per-epoch permutation seeded by ``(seed, epoch)``,
-so a resumed run sees the same batches as an uninterrupted one, with any number of data workers.
+``featlab.rng.role_rng(seed, "train", i)`` and its photo from a per-epoch permutation seeded by ``(seed, epoch)``,
+so a resumed run sees the same batches as an uninterrupted one, with any number of data workers; and no training
+pair repeats a warp of the benchmark (role "benchmark") or of the validation set (role "select").
+
+Data (the split rule, :mod:`featlab.datasets.splits`): ``configs/residual.yaml`` trains on ``bsds500/train`` and
+``sun_hays80`` and selects on ``bsds500/val`` of the data root when ``--photos`` / ``--val-photos`` are not given;
+``bsds500/test`` (the synthetic-warp benchmark's photos) is refused for both unless ``data.allow_eval_data=true``.
 
 Validation: a fixed, deterministic set of synthetic warps of held-out photos (``val.num_pairs`` pairs, centre
-crops, seeded by ``val.seed``); mutual nearest-neighbour matching; MMA@1/3/5, matching score@3
+crops, seeded by ``val.seed``, role "select"); mutual nearest-neighbour matching; MMA@1/3/5, matching score@3
 (:mod:`featlab.eval.metrics`) and the number of correct matches, plus the same numbers for g's own descriptors
 (``g_mma@3``, ``g_ms@3``) as the baseline to beat.
 
@@ -34,15 +39,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..conf import resolve_conf, to_container
-from ..datasets import homographies
+from ..conf import none_or, resolve_conf, to_container
+from ..datasets import homographies, splits
 from ..datasets.synthetic import SyntheticHomographyPairs, resize_and_crop, warp_image
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 from ..extractors.residual import (WEIGHTS_DIR, ResidualDescriptorNet, load_residual_weights,
                                    save_residual_weights, variant_mismatch)
 from ..io.image import image_to_tensor, list_images, read_image
 from ..io.weights import check_export_name, copy_weights
 from ..losses.triplet import TripletLoss
+from ..rng import role_rng
 from . import loop
 
 logger = logging.getLogger(__name__)
@@ -56,10 +62,11 @@ default_conf = {
     "handcrafted": {
         "name": "sift",  # g: a registered handcrafted extractor (sift, rootsift, rootsift-upright, surf...)
         "max_keypoints": 512,  # keypoints per image (bounds memory: the loss is O(N^2) per pair)
-        "conf": None,  # other keys of g's own config (e.g. {contrast_threshold: 0.03})
+        "conf": none_or(dict),  # other keys of g's own config (e.g. {contrast_threshold: 0.03})
     },
     "data": {
-        "photos": [],  # training photo folders (CLI --photos, repeatable)
+        "photos": [],  # training photo folders (CLI --photos, repeatable; configs/residual.yaml: the split rule's)
+        "allow_eval_data": False,  # true: allow training/selecting on evaluation-only data (featlab.datasets.splits)
         "image_size": [240, 320],  # [H, W] of both images of a pair (scale to cover, then random crop)
         "batch_size": 4,  # pairs per step
         "num_workers": 1,  # DataLoader worker processes (0: load in the training process)
@@ -68,7 +75,7 @@ default_conf = {
         "photometric": homographies.photometric_default_conf,  # applied independently to both images
     },
     "val": {
-        "photos": None,  # held-out photo folder (CLI --val-photos)
+        "photos": none_or(str, Path),  # held-out photo folder (CLI --val-photos; configs/residual.yaml: bsds500/val)
         "num_pairs": 30,  # pairs in the fixed validation set (one per photo, first photos by path)
         "seed": 1234,  # seed of the validation warps
         "threshold": 3.0,  # px, correctness threshold of the matching score
@@ -77,7 +84,7 @@ default_conf = {
         # residual weights (.safetensors) whose h initialises this model's h, e.g. the best weights of a
         # "without fusion" run. Same backbone and batchnorm needed; an output layer of another width (256 -> 128)
         # is projected onto the top principal directions of its outputs on `pca_photos` training photos
-        "h_from": None,
+        "h_from": none_or(str, Path),
         "pca_photos": 16,
         "f": "default",  # default (PyTorch init) | identity: f starts as exactly f(g) = g (ReLU-safe [I; -I] layout)
     },
@@ -276,7 +283,7 @@ class HomographyPairStream(Dataset):
         }
 
     def __getitem__(self, index: int) -> dict:
-        rng = np.random.default_rng([self.seed, int(index)])
+        rng = role_rng(self.seed, "train", int(index))
         photo = read_image(self.photo_of(int(index)))
         image0 = resize_and_crop(photo, self.size, rng)
         H_0to1 = homographies.sample_homography(rng, self.size, self._homography_conf)
@@ -324,7 +331,7 @@ class ResidualTask(loop.TrainingTask):
     def _make_val_pairs(self) -> list[dict]:
         c = self.conf
         pairs = SyntheticHomographyPairs(c.val.photos, {
-            "seed": int(c.val.seed), "max_images": int(c.val.num_pairs), "crop": "center",
+            "seed": int(c.val.seed), "role": "select", "max_images": int(c.val.num_pairs), "crop": "center",
             "resize": list(c.data.image_size), "homography": to_container(c.data.homography),
             "photometric": to_container(c.data.photometric)})
         out = []
@@ -351,12 +358,11 @@ class ResidualTask(loop.TrainingTask):
         keypoints = torch.cat([batch["keypoints0"], batch["keypoints1"]])
         g_desc = torch.cat([batch["g_descriptors0"], batch["g_descriptors1"]])
         desc = self.model(image, keypoints, g_desc)
-        desc0, desc1 = desc[:b], desc[b:]
+        pred = {"descriptors0": desc[:b], "descriptors1": desc[b:]}
         gen = torch.Generator().manual_seed(int(self.conf.train.seed) * 1_000_003 + int(step))
-        loss, metrics = self.loss_fn(desc0, desc1, batch["matches0"], batch["keypoints0"], batch["keypoints1"],
-                                     batch["keypoint_masks0"], batch["keypoint_masks1"], generator=gen)
+        losses, metrics = self.loss_fn(pred, batch, generator=gen)
         metrics["match_fraction"] = (batch["matches0"] >= 0).sum() / batch["keypoint_masks0"].sum().clamp(min=1)
-        return loss, metrics
+        return losses["total"], metrics
 
     @staticmethod
     def _pair_metrics(pair, desc0, desc1, threshold) -> dict:
@@ -425,6 +431,10 @@ def check_conf(conf) -> None:
         raise ConfigError("no training photos: pass --photos DIR (or set data.photos in the config)")
     if not conf.val.photos:
         raise ConfigError("no validation photos: pass --val-photos DIR (or set val.photos in the config)")
+    for key, folder in [*(("data.photos", f) for f in conf.data.photos), ("val.photos", conf.val.photos)]:
+        if not Path(folder).is_dir():  # the default folders live in the data root: say how to point elsewhere
+            raise InputError(f"{key} folder not found: {folder} (pass --photos/--val-photos DIR, or set "
+                             f"{splits.DATA_ENV} to the data root)")
 
 
 def build_task(conf) -> ResidualTask:
