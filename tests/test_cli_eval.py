@@ -114,8 +114,14 @@ def test_hpatches_end_to_end_and_cache_reuse(hpatches_root, tmp_path):
         s = summary["all"]
         assert list(s["mma"]) == [str(t) for t in range(1, 11)]
         assert set(s["homography_accuracy"]) == {"1", "3", "5"}
-        for key in ("matching_score", "repeatability", "mean_num_keypoints", "mean_num_matches"):
-            assert 0 <= s[key]
+        pairs = res["methods"][method]["pairs"]
+        # each summary value is the mean of the per-pair values; scores are fractions, matches at most keypoints
+        for key in ("matching_score", "repeatability"):
+            assert 0 < s[key] <= 1 and s[key] == pytest.approx(np.mean([p[key] for p in pairs])), key
+        assert s["mean_num_keypoints"] == pytest.approx(np.mean([(p["num_keypoints0"] + p["num_keypoints1"]) / 2
+                                                                 for p in pairs]))
+        assert s["mean_num_matches"] == pytest.approx(np.mean([p["num_matches"] for p in pairs]))
+        assert 0 < s["mean_num_matches"] <= s["mean_num_keypoints"]
         assert 0 < s["mean_num_keypoints"] <= 150
         assert len(res["methods"][method]["pairs"]) == 10
         assert res["methods"][method]["cache_misses"] == 12  # 2 sequences x 6 images, each extracted once
