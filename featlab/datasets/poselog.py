@@ -49,6 +49,7 @@ import numpy as np
 
 from ..conf import resolve_conf
 from ..errors import ConfigError, InputError
+from ..pixels import from_opencv
 from .posed import PosedCollection, invert_rigid
 from .rgbd import quaternion_to_rotation
 
@@ -112,7 +113,7 @@ def read_intrinsics(path) -> tuple[np.ndarray, tuple[int, int]]:
         raise InputError(f"intrinsics file {path}: pixel_convention must be featlab (= colmap) or opencv, got "
                          f"'{values[6]}'")
     if convention == "opencv":
-        cx, cy = cx + 0.5, cy + 0.5
+        cx, cy = from_opencv(cx), from_opencv(cy)
     if not (np.isfinite([fx, fy, cx, cy]).all() and fx > 0 and fy > 0 and width > 0 and height > 0):
         raise InputError(f"intrinsics file {path}: need finite fx, fy > 0 and width, height > 0")
     if not (0 < cx < width and 0 < cy < height):

@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..conf import resolve_conf, to_container
+from ..conf import none_or, resolve_conf, to_container
 from ..errors import ConfigError
 from ..io.image import list_images, read_image, resize_exact
 from ..pixels import homography_to_opencv
@@ -27,7 +27,7 @@ default_conf = {
     "pairs_per_image": 1,  # pairs made from each photo (each with its own homography and augmentation)
     "resize": [240, 320],  # [H, W] of both images: the photo is scaled to cover it, then cropped
     "crop": "random",  # random | center: where the [H, W] window is cut from the scaled photo
-    "max_images": None,  # use only the first N photos (sorted by path); None: all
+    "max_images": none_or(int),  # use only the first N photos (sorted by path); None: all
     "homography": homographies.default_conf,  # see featlab.datasets.homographies.default_conf
     "photometric": homographies.photometric_default_conf,  # applied independently to image0 and image1
 }

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..conf import resolve_conf, to_container
+from ..conf import none_or, resolve_conf, to_container
 from ..errors import ConfigError
 from ..io.image import image_to_tensor, resize_image
 from ..io.weights import file_sha256, sidecar_path
@@ -45,7 +45,7 @@ from ..pixels import scale_points
 #: keys every extractor understands, merged under the extractor's own defaults
 COMMON_CONF = {
     "max_keypoints": 2048,  # keep the top-k keypoints by score; -1 keeps all
-    "resize": None,  # None: native size; int: longest side; [H, W]: exact size (used by extract_image)
+    "resize": none_or(int, list),  # None: native size; int: longest side; [H, W]: exact size (used by extract_image)
     "dtype": "float32",  # float32 | bfloat16 (autocast for learned networks on CPU)
     "channels_last": False,  # channels_last memory format for convnets (faster on CPU with bf16)
 }
@@ -188,7 +188,7 @@ def _load_builtin():
     # import for the side effect of registration; kept lazy so `import featlab` stays fast
     import importlib.util
     from . import handcrafted  # noqa: F401
-    for mod in ("baselines", "surf", "residual", "caps"):
+    for mod in ("baselines", "surf", "residual", "patch_residual", "caps"):
         if importlib.util.find_spec(f"{__package__}.{mod}") is not None:
             importlib.import_module(f"{__package__}.{mod}")
 

@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..conf import none_or
 from ..errors import ConfigError, InputError
 from ..pixels import from_opencv
 from .base import Extractor, register_extractor, stack_padded, top_k_keypoints
@@ -145,7 +146,7 @@ class DISK(_KorniaBaseline):
     kind = "disk"
     label = "DISK"
     default_conf = {
-        "weights": None,  # path of the state-dict file; None: ../shared/data/weights/disk/disk-depth-save.pth
+        "weights": none_or(str, Path),  # state-dict file; None: ../shared/data/weights/disk/disk-depth-save.pth
         "detection_threshold": 0.0,  # keep heatmap maxima whose logit is strictly above this
         "nms_window": 5,  # side of the non-maximum-suppression window (px)
     }
@@ -196,7 +197,7 @@ class ALIKED(_KorniaBaseline):
     label = "ALIKED"
     default_conf = {
         "model_name": "aliked-n16",  # aliked-t16 | aliked-n16 | aliked-n16rot | aliked-n32
-        "weights": None,  # path of the state-dict file; None: ../shared/data/weights/aliked/<model_name>.pth
+        "weights": none_or(str, Path),  # state-dict file; None: ../shared/data/weights/aliked/<model_name>.pth
         "detection_threshold": 0.2,  # > 0: keep maxima above it (at most max_keypoints); <= 0: top-k mode
         "nms_radius": 2,  # NMS window is 2 * nms_radius + 1
     }
@@ -253,7 +254,7 @@ class XFeat(_KorniaBaseline):
     label = "XFeat"
     needs_rgb = False
     default_conf = {
-        "weights": None,  # path of the state-dict file; None: ../shared/data/weights/xfeat/xfeat.pt
+        "weights": none_or(str, Path),  # state-dict file; None: ../shared/data/weights/xfeat/xfeat.pt
         "detection_threshold": 0.05,  # keep keypoint-heatmap maxima strictly above this
         "nms_window": 5,  # side of the non-maximum-suppression window (px)
     }

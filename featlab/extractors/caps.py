@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..conf import to_container
+from ..conf import none_or, to_container
 from ..errors import ConfigError, InputError
 from ..io.weights import (SHIPPED_WEIGHTS_DIR, load_state_strict, load_weights,  # noqa: F401
                           resolve_weights_path, save_weights, sidecar_path)
@@ -100,7 +100,7 @@ class CAPS(Extractor):
     needs_rgb = True
     default_conf = {
         "detector": "sift",  # registered extractor whose keypoints (and scores) are used
-        "detector_conf": None,  # overrides of the detector's config (max_keypoints is passed on from here)
+        "detector_conf": none_or(dict),  # overrides of the detector's config (max_keypoints is passed on from here)
         "weights": DEFAULT_WEIGHTS,  # .safetensors path, or the name of a file in featlab/weights/
         # channels_last also in float32: measured 8% faster inference at 480x640 on the 2-core AVX2 CPU
         # (306 vs 334 ms, docs/RESULTS.md), same descriptors to float rounding

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..conf import resolve_conf, to_container
+from ..conf import none_or, resolve_conf, to_container
 from ..errors import ConfigError, InputError
 from ..io.atomic import atomic_path
 from ..io.weights import (SHIPPED_WEIGHTS_DIR, load_state_strict, load_weights,  # noqa: F401
@@ -58,7 +58,7 @@ class ResidualDescriptorNet(nn.Module):
         "backbone": "full",  # h: full (8 encoder convs) | small (4 encoder convs), see featlab.nn.superpoint
         "batchnorm": False,  # BatchNorm after each conv of h except the last
         "fusion": "concat",  # concat | sum | product | none (none: descriptor from h alone)
-        "h_dim": None,  # channels of h's map; null: 128, or 256 with fusion none
+        "h_dim": none_or(int),  # channels of h's map; null: 128, or 256 with fusion none
         "g_dim": 128,  # dimension of the handcrafted descriptor (SIFT/RootSIFT/SURF-extended: 128)
         "f_dims": [256, 256, 128],  # widths of f's layers after its input (g_dim); last = output dim
         # L2-normalise f(g) and h separately before the fusion, so that both parts always carry equal weight.
@@ -293,10 +293,11 @@ class ResidualDescriptor(Extractor):
     needs_rgb = True
     default_conf = {
         "handcrafted": "sift",  # g: registered handcrafted extractor; must match the weights' sidecar
-        "handcrafted_conf": None,  # overrides of g's config (default: the config it was trained with)
-        "weights": None,  # .safetensors path, or the name of a file in featlab/weights/ (presets: own name)
+        "handcrafted_conf": none_or(dict),  # overrides of g's config (default: the config it was trained with)
+        "weights": none_or(str, Path),  # .safetensors path, or the name of a file in featlab/weights/ (presets:
+        # their own name)
         "backend": "torch",  # torch | onnx (onnxruntime, float32)
-        "onnx_path": None,  # ONNX file for backend onnx; null: export the loaded weights to a temp file
+        "onnx_path": none_or(str, Path),  # ONNX file for backend onnx; null: export the loaded weights to a temp file
         # channels_last also in float32: measured 25% faster inference at 480x640 on the 2-core AVX2 CPU
         # (566 vs 761 ms, docs/RESULTS.md), same descriptors to float rounding
         "channels_last": True,

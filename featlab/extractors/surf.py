@@ -51,7 +51,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..io.image import rgb_to_gray
-from ..pixels import sample_map
+from ..pixels import OPENCV_OFFSET, from_opencv, sample_map
 from .base import Extractor, register_extractor, stack_padded, top_k_keypoints
 
 #: the paper's weight that balances the box approximation of Dxy against Dxx, Dyy
@@ -232,8 +232,8 @@ def detect(gray: torch.Tensor, threshold: float, n_octaves: int = 4, n_layers: i
         idx, off, value = idx[ok], off[ok], value[ok]
         inc = szs[1] - szs[0]
         size = torch.tensor(szs, device=gray.device, dtype=torch.float64)[idx[:, 0]] + off[:, 2] * inc
-        x = (idx[:, 2] + off[:, 0]) * step + 0.5
-        y = (idx[:, 1] + off[:, 1]) * step + 0.5
+        x = from_opencv((idx[:, 2] + off[:, 0]) * step)  # pixel indices (sub-pixel) -> featlab
+        y = from_opencv((idx[:, 1] + off[:, 1]) * step)
         out_pts.append(torch.stack([x, y], -1))
         out_scores.append(value)
         out_scales.append(1.2 * size / 9.0)
@@ -284,7 +284,8 @@ class IntegralSampler:
             p, h = points[i:i + HAAR_CHUNK], half[i:i + HAAR_CHUNK]
             # the 8 corners a b c / d . f / g i j of the two box pairs (the centre is not needed)
             corners = p[:, None, :] + h[:, :, None] * offsets
-            corners += self.pad + 0.5  # S index k is coordinate k - pad; sample_map puts index k at k + 0.5
+            corners += self.pad + OPENCV_OFFSET  # S index k is coordinate k - pad; sample_map reads index k at
+            # from_opencv(k) (in place: fresh buffers cost page faults)
             values = sample_map(self.S, corners.reshape(1, -1, 2), self.size)[0]  # (m * 8, 1)
             out.append((values.reshape(-1, 8) @ weights) / (2 * h) ** 2)  # (m, 2)
         d = torch.cat(out) if out else points.new_zeros((0, 2))

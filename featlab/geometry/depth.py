@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .homography import _compute_dtype, _safe_divisor, to_homogeneous
-from ..pixels import inside_image
+from ..pixels import from_opencv, inside_image
 
 #: points with camera z at or below this are behind the camera (invalid)
 _MIN_Z = 1e-6
@@ -167,8 +167,8 @@ def covisibility(depth0, depth1, K0, K1, T_0to1, stride: int = 8, depth_toleranc
         depth1 = depth1[None]
     b, h, w = depth0.shape
     stride = max(int(stride), 1)
-    ys = torch.arange(0, h, stride, device=dev, dtype=torch.float64) + 0.5
-    xs = torch.arange(0, w, stride, device=dev, dtype=torch.float64) + 0.5
+    ys = from_opencv(torch.arange(0, h, stride, device=dev, dtype=torch.float64))  # pixel centres
+    xs = from_opencv(torch.arange(0, w, stride, device=dev, dtype=torch.float64))
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
     grid = torch.stack([gx, gy], -1).reshape(1, -1, 2).expand(b, -1, -1)
     has_depth = sample_depth_nearest(depth0, grid) > 0

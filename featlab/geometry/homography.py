@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import GeometryError
-from ..pixels import pixel_grid, warp_image_grid
+from ..pixels import from_opencv, pixel_grid, warp_image_grid
 
 #: |w| below this is clamped (keeping its sign) before the projective division, so points at infinity stay finite
 _EPS_W = 1e-12
@@ -105,7 +105,7 @@ def image_corners(image_size) -> np.ndarray:
     These are the corners of the HPatches protocol (OpenCV ``[0, 0], [W-1, 0], ...`` plus 0.5).
     """
     h, w = image_size
-    return np.array([[0.5, 0.5], [w - 0.5, 0.5], [0.5, h - 0.5], [w - 0.5, h - 0.5]], dtype=np.float64)
+    return from_opencv(np.array([[0, 0], [w - 1, 0], [0, h - 1], [w - 1, h - 1]], dtype=np.float64))
 
 
 def homography_corner_error(H_est, H_gt, image_size) -> float:

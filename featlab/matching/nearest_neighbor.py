@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..conf import resolve_conf
+from ..conf import none_or, resolve_conf
 from ..errors import ConfigError, InputError
 
 _BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)
@@ -157,8 +157,9 @@ class Matcher:
 
     default_conf = {
         "mutual": True,  # keep only mutual nearest neighbours
-        "ratio": None,  # Lowe's ratio test threshold on distances (e.g. 0.8), None: off
-        "distance_threshold": None,  # max descriptor distance (L2 of unit vectors, or Hamming bits), None: off
+        "ratio": none_or(float),  # Lowe's ratio test threshold on distances (e.g. 0.8), None: off
+        "distance_threshold": none_or(float),  # max descriptor distance (L2 of unit vectors, or Hamming bits);
+        # None: off
     }
 
     def __init__(self, conf: Mapping | None = None):

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..conf import resolve_conf, to_container
+from ..conf import none_or, resolve_conf, to_container
 from ..errors import ConfigError
 from .resnet import LAYOUTS, ResNetEncoder, make_norm
 
@@ -45,7 +45,8 @@ default_conf = {
     "depth": 18,  # ResNet encoder depth: 18, 34 or 50
     "widths": [64, 128, 256],  # base planes of the three kept ResNet stages (Bottleneck stages output 4x)
     "stem_width": 64,  # channels of the 7x7 stem conv
-    "decoder_widths": None,  # [stride-8, stride-4] decoder channels; None: the encoder's channels at those strides
+    "decoder_widths": none_or(list),  # [stride-8, stride-4] decoder channels; None: the encoder's channels at
+    # those strides
     "coarse_dim": 128,  # channels of the coarse (H/16) descriptor map
     "fine_dim": 128,  # channels of the fine (H/4) descriptor map
     "norm": "batch",  # encoder normalisation: batch | group | none
