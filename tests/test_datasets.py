@@ -531,8 +531,8 @@ def test_real_7scenes():
     root = DATA / "rgbd" / "7scenes_redkitchen"
     _require(root)
     seq = RGBDSequence(root)
-    assert len(seq) == 500 and seq.K[0, 0] == 585.0
-    assert RGBDSequence(root, {"focal": 525}).K[0, 0] == 525.0
+    assert len(seq) == 500 and seq.K[0, 0] == 525.0  # the colour camera's, not the file's 585 (depth sensor)
+    assert RGBDSequence(root, {"focal": 585}).K[0, 0] == 585.0
     f = seq.load_frame(0)
     assert f["image"].shape == (480, 640, 3) and f["depth"].shape == (480, 640)
     assert 0.3 < np.median(f["depth"][f["depth"] > 0]) < 5.0

@@ -3,21 +3,23 @@
 Layouts (``conf.layout = "auto"`` picks the one present):
 
 - **7-Scenes**: ``frame-XXXXXX.color.(jpg|png)``, ``frame-XXXXXX.depth.png`` (uint16 millimetres; 0 and 65535
-  invalid), ``frame-XXXXXX.pose.txt`` (4x4 camera-to-world), optional ``camera-intrinsics.txt`` (3x3; without it
-  the published fx = fy = 585, cx = 320, cy = 240 are used).
+  invalid), ``frame-XXXXXX.pose.txt`` (4x4 camera-to-world), optional ``camera-intrinsics.txt`` (3x3). The colour
+  images are read with fx = fy = 525 and the principal point at the centre of the 640x480 frames (320, 240) when the
+  file is absent or holds the published values (fx = fy = 585, cx = 320, cy = 240: the depth sensor's); any other
+  file (a rendered sequence, your own calibration) is used as is.
 - **TUM RGB-D**: ``rgb.txt`` / ``depth.txt`` (``timestamp path`` lines), ``groundtruth.txt`` (``timestamp tx ty tz
   qx qy qz qw``, camera-to-world), depth PNGs in units of 1/5000 m. Colour frames are associated with the nearest
   depth image and pose within ``conf.tum_max_dt`` seconds. Intrinsics default to TUM's ROS defaults (fx = fy = 525,
   principal point 319.5, 239.5 in OpenCV pixels = 320, 240 in featlab pixels).
 
-Intrinsics are an explicit choice (``conf.focal``, ``conf.principal_point``). 7-Scenes ships fx = fy = 585, the depth
-sensor's focal length; the colour images fit a shorter one. Measured on redkitchen frames 0-499 (SIFT ratio-test
-matches, 20 pairs each at gaps 30 and 60, poses fixed to the ground truth, only the focal varied): the median Sampson
-distance of the matches is smallest near f = 510-520 (gap 30: 1.76 px at 510, 1.87 at 520, ~4.5 at 585; gap 60: 3.7,
-4.0 and ~9 px) and the per-pair best focal has median 510. Essential-matrix pose errors at gap 30 do not separate
-525 from 585 (within the noise of 20 pairs). The default stays the file's value so that nothing changes silently;
-pass ``focal: 525`` for the colour camera. The principal point of the file (320, 240) is the exact centre of a
-640x480 image in featlab pixels and is used as is.
+Intrinsics are an explicit choice (``conf.focal``, ``conf.principal_point``), described in one line by
+:attr:`RGBDSequence.intrinsics` (every benchmark output quotes it). 7-Scenes ships fx = fy = 585, the depth sensor's
+focal length; the colour images fit a shorter one. Measured on redkitchen frames 0-499 (SIFT ratio-test matches, 20
+pairs each at gaps 30 and 60, poses fixed to the ground truth, only the focal varied): the median Sampson distance of
+the matches is smallest near f = 510-520 (gap 30: 1.76 px at 510, 1.87 at 520, ~4.5 at 585; gap 60: 3.7, 4.0 and ~9
+px) and the per-pair best focal has median 510. The default for 7-Scenes colour images is therefore 525, the usual
+Kinect v1 colour-camera value (TUM's ROS default); ``focal: 585`` (CLI ``--focal 585``) still reads the file's. The
+principal point (320, 240) is the exact centre of a 640x480 image in featlab pixels.
 
 Poses: ``T_c2w`` maps camera to world coordinates; ``T_0to1 = inv(T_c2w_1) @ T_c2w_0`` maps camera-0 to camera-1
 coordinates (``x_cam1 = T_0to1 x_cam0``, the data contract's convention). The depth maps of 7-Scenes are registered to
@@ -32,7 +34,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..conf import resolve_conf
+from ..conf import none_or, resolve_conf
 from ..io.text import read_matrix_file
 from ..errors import ConfigError, InputError
 from ..io.atomic import atomic_write_text
@@ -40,16 +42,18 @@ from ..io.image import read_image
 
 default_conf = {
     "layout": "auto",  # auto | 7scenes | tum
-    # focal length fx = fy in pixels. None: the layout's value (7-Scenes: the intrinsics file, 585, which is the
-    # depth sensor's; colour images fit ~525 better, see the module docstring); TUM: 525
-    "focal": None,
-    "principal_point": None,  # [cx, cy] in featlab pixels; None: the layout's value (image centre, 320, 240)
-    "depth_scale": None,  # metres per depth unit; None: the layout's (7-Scenes 0.001, TUM 0.0002)
+    # focal length fx = fy in pixels. None: the layout's value (7-Scenes: 525, the colour camera's, unless the
+    # intrinsics file holds other values than the published 585 of the depth sensor, see the module docstring;
+    # TUM: 525)
+    "focal": none_or(float),
+    "principal_point": none_or(list),  # [cx, cy] in featlab pixels; None: the layout's value (image centre, 320, 240)
+    "depth_scale": none_or(float),  # metres per depth unit; None: the layout's (7-Scenes 0.001, TUM 0.0002)
     "tum_max_dt": 0.02,  # TUM: largest time difference (s) accepted when associating colour, depth and pose
     "depth_cache_size": 64,  # depth maps kept in memory while sampling pairs
 }
 
-SEVEN_SCENES_K = (585.0, 320.0, 240.0)  # published 7-Scenes values (fx = fy, cx, cy)
+SEVEN_SCENES_K = (585.0, 320.0, 240.0)  # published 7-Scenes camera-intrinsics.txt (fx = fy, cx, cy): the depth sensor
+SEVEN_SCENES_COLOUR_K = (525.0, 320.0, 240.0)  # the colour camera: focal 525, principal point at the image centre
 TUM_K = (525.0, 320.0, 240.0)  # TUM ROS defaults, principal point converted to featlab pixels
 
 _FRAME_RE = re.compile(r"^(frame-\d+)\.color\.(png|jpg|jpeg)$", re.IGNORECASE)
@@ -131,6 +135,7 @@ class RGBDSequence:
     Attributes:
         frames: list of frame names (7-Scenes "frame-000123", TUM the colour timestamp), indexed by ``i``.
         K: (3, 3) float64 intrinsics in featlab pixels, shared by all frames.
+        intrinsics: one line naming K's values and where they come from (quoted by every benchmark output).
         poses_c2w: (N, 4, 4) float64 camera-to-world poses (NaN for a frame whose pose is not finite).
 
     Raises:
@@ -163,15 +168,21 @@ class RGBDSequence:
         if self.conf.depth_scale is not None:
             self.depth_scale = float(self.conf.depth_scale)
         f, cx, cy = self._file_K
+        given = []
         if self.conf.focal is not None:
             f = float(self.conf.focal)
             if f <= 0:
                 raise ConfigError(f"rgbd.focal must be positive, got {f}")
+            given.append("focal")
         if self.conf.principal_point is not None:
             if len(self.conf.principal_point) != 2:
                 raise ConfigError(f"rgbd.principal_point must be [cx, cy], got {self.conf.principal_point}")
             cx, cy = (float(v) for v in self.conf.principal_point)
+            given.append("principal point")
         self.K = np.array([[f, 0.0, cx], [0.0, f, cy], [0.0, 0.0, 1.0]])
+        origin = self._K_origin if not given else "given" if len(given) == 2 else \
+            f"{given[0]} given, otherwise {self._K_origin}"
+        self.intrinsics = f"fx = fy = {f:g} px, principal point ({cx:g}, {cy:g}) ({origin})"
         self._index = {name: i for i, name in enumerate(self.frames)}
         self.covisibilities: dict[tuple[int, int], float] = {}
         self._make_cache()
@@ -204,13 +215,17 @@ class RGBDSequence:
             self._depth_paths.append(depth)
         self.poses_c2w = self._clean_poses(poses)
         intr = self.root / "camera-intrinsics.txt"
+        self._file_K = SEVEN_SCENES_COLOUR_K
+        self._K_origin = "7-Scenes colour camera; no camera-intrinsics.txt"
         if intr.is_file():
             K = read_matrix_file(intr, (3, 3), "camera intrinsics")
             if abs(K[0, 0] - K[1, 1]) > 1e-6 * K[0, 0]:
                 raise InputError(f"{intr}: fx != fy is not supported (fx={K[0, 0]}, fy={K[1, 1]})")
-            self._file_K = (float(K[0, 0]), float(K[0, 2]), float(K[1, 2]))
-        else:
-            self._file_K = SEVEN_SCENES_K
+            file_K = (float(K[0, 0]), float(K[0, 2]), float(K[1, 2]))
+            if np.allclose(file_K, SEVEN_SCENES_K):
+                self._K_origin = "7-Scenes colour camera; camera-intrinsics.txt's 585 is the depth sensor's"
+            else:
+                self._file_K, self._K_origin = file_K, "camera-intrinsics.txt"
         self.depth_scale = 1e-3
         self._invalid_depth = (0, 65535)
 
@@ -244,6 +259,7 @@ class RGBDSequence:
                              f"{max_dt} s (rgbd.tum_max_dt)")
         self.poses_c2w = self._clean_poses(poses)
         self._file_K = TUM_K
+        self._K_origin = "TUM RGB-D default"
         self.depth_scale = 1.0 / 5000.0
         self._invalid_depth = (0,)
 
@@ -257,6 +273,10 @@ class RGBDSequence:
     # ----------------------------------------------------------------------------------------------- frames
     def __len__(self) -> int:
         return len(self.frames)
+
+    def image_name(self, i: int) -> str:
+        """The name of frame i ("frame-000123"; TUM: the colour timestamp)."""
+        return self.frames[self._check_index(i)]
 
     def pose_valid(self, i: int) -> bool:
         """True if frame i has a finite pose."""
