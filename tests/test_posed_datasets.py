@@ -296,8 +296,10 @@ class TestPairSampler:
     def test_bounds(self):
         coll = line_collection()
         # pairs with gap <= 3: baseline / rotation by hand, e.g. (0, 1) 0.1 m, (1, 4) 100 deg, (4, 5) 0.05 m
-        assert PairSampler(self.base).sample(coll) == [(0, 2), (0, 3), (1, 3), (2, 3), (2, 4), (2, 5), (3, 4),
-                                                       (3, 5)]
+        sampler = PairSampler(self.base)
+        assert sampler.sample(coll) == [(0, 2), (0, 3), (1, 3), (2, 3), (2, 4), (2, 5), (3, 4), (3, 5)]
+        assert sampler.scores[(2, 4)]["rotation"] == pytest.approx(70.0)  # yaw 30 -> 100 degrees
+        assert sampler.scores[(2, 5)]["rotation"] == pytest.approx(30.0)
         assert PairSampler({**self.base, "min_gap": 2}).sample(coll) == [(0, 2), (0, 3), (1, 3), (2, 4), (2, 5),
                                                                          (3, 5)]
         assert PairSampler({**self.base, "max_rotation": 45.0}).sample(coll) == [(0, 2), (2, 3), (2, 5), (3, 4)]
@@ -485,6 +487,17 @@ class TestPosedPairs:
             ds[1]
         with pytest.raises(ConfigError):
             PosedPairs(rendered, [], {"resize": [4]})
+        with pytest.raises(ConfigError):
+            PosedPairs(rendered, [], {"resize": 4})
+
+    def test_resize_longest_side_keeps_aspect(self, rendered):
+        ds = PosedPairs(rendered, [], {"resize": 64})  # 96x128 -> 48x64, as 1024x1536 -> 512x768
+        assert ds.output_size((96, 128)) == (48, 64) and ds.output_size((128, 96)) == (64, 48)
+        item = ds.pair(0, "frame-000002")  # any two posed images, by index or name
+        assert item["image0"].shape == (48, 64, 3) and item["depth1"].shape == (48, 64)
+        np.testing.assert_allclose(item["K1"], np.diag([0.5, 0.5, 1.0]) @ rendered.K[2])
+        np.testing.assert_allclose(item["T_0to1"], rendered.relative_pose(0, 2))
+        assert ds.image_name(2) == "frame-000002"
 
     def test_depth_resize_nearest(self):
         d = np.arange(16, dtype=np.float32).reshape(4, 4)

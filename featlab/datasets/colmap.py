@@ -105,7 +105,8 @@ def read_colmap(model_dir, image_dir=None, conf=None, name: str | None = None) -
         image_dir: folder of the images (names in the model are relative to it); None: the standard project
             layouts (see the module docstring), or no images (poses, intrinsics and tracks only).
         conf: overrides of :data:`default_conf`.
-        name: collection name (default: the model folder's name, or its parent's for ``sparse/0``).
+        name: collection name (default: the project folder's name for ``project/sparse/0`` and
+            ``project/sparse``, else the model folder's).
     Returns:
         a collection of the registered images, sorted by name: ``K`` per image, ``T_w2c`` from
         ``cam_from_world``, ``point_ids`` (the 3D points each image observes), ``image_sizes`` from the cameras.
@@ -165,8 +166,10 @@ def read_colmap(model_dir, image_dir=None, conf=None, name: str | None = None) -
         if missing:
             raise InputError(f"{len(missing)} of {len(names)} images of COLMAP model {model_dir} are missing in "
                              f"{image_dir}, e.g. {', '.join(missing[:3])}")
-    if name is None:
-        name = model_dir.parent.parent.name if model_dir.parent.name == "sparse" else model_dir.name
+    if name is None:  # the project folder's name for <project>/sparse/0 and <project>/sparse
+        folder = model_dir.resolve()
+        name = (folder.parent.parent.name if folder.parent.name == "sparse"
+                else folder.parent.name if folder.name == "sparse" else folder.name)
     cams = [rec.cameras[im.camera_id] for im in images]
     return PosedCollection(
         names=names,

@@ -35,8 +35,9 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from ..conf import resolve_conf, to_container
+from ..conf import none_or, resolve_conf, to_container
 from ..errors import ConfigError, InputError
+from ..geometry.pose import rotation_angle
 from ..io.atomic import atomic_write_text
 from ..io.image import as_rgb_uint8, read_image, resize_exact
 from .rgbd import read_pairs_file
@@ -66,15 +67,6 @@ def invert_rigid(T: np.ndarray) -> np.ndarray:
     out[..., :3, 3] = -(Rt @ t[..., None])[..., 0]
     out[..., 3, 3] = 1.0
     return out
-
-
-def rotation_angles_deg(R_a: np.ndarray, R_b: np.ndarray) -> np.ndarray:
-    """Angle (degrees) of the relative rotation ``R_b R_a^T`` for (3, 3) ``R_a`` against (M, 3, 3) ``R_b``.
-
-    Uses the trace, ``trace(R_b R_a^T) = sum(R_a * R_b)``; accurate to ~1e-6 degrees away from 0 (fine for bounds).
-    """
-    tr = np.einsum("ab,nab->n", R_a, R_b)
-    return np.degrees(np.arccos(np.clip((tr - 1.0) / 2.0, -1.0, 1.0)))
 
 
 def check_rigid(T: np.ndarray, what: str) -> np.ndarray:
@@ -386,19 +378,19 @@ def from_rgbd(sequence) -> PosedCollection:
 
 # ------------------------------------------------------------------------------------------------ pair sampler
 pair_default_conf = {
-    "index_range": None,  # [start, stop): only images with start <= index < stop (collection order); None: all
+    "index_range": none_or(list),  # [start, stop): only images with start <= index < stop (collection order); None: all
     "min_gap": 1,  # smallest index difference j - i of a pair (the frame gap of a sequence)
-    "max_gap": None,  # largest index difference; None: unbounded (every pair of the collection is a candidate)
+    "max_gap": none_or(int),  # largest index difference; None: unbounded (every pair of the collection is a candidate)
     "max_rotation": 80.0,  # degrees: largest angle of the relative rotation of a pair
     "min_baseline": 0.0,  # smallest distance between the two camera centres (world units; metres if metric)
-    "max_baseline": None,  # largest distance between the camera centres; None: unbounded
+    "max_baseline": none_or(float),  # largest distance between the camera centres; None: unbounded
     "covisibility": "auto",  # auto | depth | tracks | none (auto: tracks when available, else depth, else none)
     "min_covisibility": 0.3,  # smallest covisibility of a kept pair (see PairSampler)
     "max_covisibility": 1.0,  # largest covisibility of a kept pair (e.g. 0.9 to drop near-duplicates)
     "min_shared_points": 0,  # tracks: smallest number of 3D points observed by both images
     "covisibility_stride": 8,  # depth: step (px) of the pixel grid tested for visibility
     "depth_tolerance": 0.1,  # depth: relative depth agreement for a pixel to count as visible in the other view
-    "max_pairs": None,  # keep at most this many pairs (the first ones of a seeded shuffle); None: all
+    "max_pairs": none_or(int),  # keep at most this many pairs (the first ones of a seeded shuffle); None: all
     "seed": 0,  # seed of that shuffle
     "depth_cache_size": 64,  # depth maps kept in memory while sampling
 }
@@ -487,7 +479,7 @@ class PairSampler:
                 js = js[collection.groups[js] == collection.groups[i]]
             if len(js) == 0:
                 continue
-            rot = rotation_angles_deg(R[i], R[js])
+            rot = rotation_angle(R[js] @ R[i].T)  # (M,) degrees
             base = np.linalg.norm(centers[js] - centers[i], axis=1)
             keep = (rot <= max_rot) & (base >= min_b) & (base <= max_b)
             js = js[keep]
@@ -547,7 +539,7 @@ class PairSampler:
                 kept.append((i, j))
                 self.scores[(i, j)] = {
                     "covisibility": float(cov),
-                    "rotation": float(rotation_angles_deg(R[i], R[j][None])[0]),
+                    "rotation": rotation_angle(R[j] @ R[i].T),
                     "baseline": float(np.linalg.norm(centers[i] - centers[j]))}
         return sorted(kept)
 
@@ -665,7 +657,8 @@ def track_overlaps(collection: PosedCollection, pairs: np.ndarray) -> np.ndarray
 
 # ------------------------------------------------------------------------------------------------ dataset
 default_conf = {
-    "resize": None,  # [H, W] of both images (K scaled by diag(W'/W, H'/H, 1), depth resized nearest); None: native
+    "resize": none_or(int, list),  # [H, W] of both images, or an int: the longest side of each image, aspect kept
+    # (rounded); K scaled by diag(W'/W, H'/H, 1), depth resized nearest; None: native
     "depth": True,  # include depth0/depth1 when the collection has depth
 }
 
@@ -682,6 +675,7 @@ class PosedPairs:
 
         name            str, "<collection name>/<name0>_<name1>" ("synthetic:..." for rendered collections)
         image0, image1  uint8 (H, W, 3) RGB (resized to conf.resize when set)
+                        (``pair(i, j)`` gives the same item for any two posed images)
         K0, K1          float64 (3, 3) featlab pixels of the returned images
         T_0to1          float64 (4, 4), x_cam1 = T_0to1 x_cam0
         depth0, depth1  float32 (H, W) metres, 0 invalid (only when the collection has depth and conf.depth)
@@ -693,17 +687,23 @@ class PosedPairs:
 
     def __init__(self, collection: PosedCollection, pairs, conf=None):
         self.conf = resolve_conf(default_conf, conf, "posed_pairs")
-        if self.conf.resize is not None:
+        resize = self.conf.resize
+        if isinstance(resize, int):
+            if resize < 8:
+                raise ConfigError(f"posed_pairs.resize must be a longest side >= 8, [H, W] or null, got {resize}")
+            self.size = None
+            self.longest_side = resize
+        elif resize is not None:
             try:
-                size = (int(self.conf.resize[0]), int(self.conf.resize[1]))
-                ok = len(self.conf.resize) == 2 and min(size) >= 8
+                size = (int(resize[0]), int(resize[1]))
+                ok = len(resize) == 2 and min(size) >= 8
             except (TypeError, ValueError, IndexError):
                 ok = False
             if not ok:
-                raise ConfigError(f"posed_pairs.resize must be [H, W] with sides >= 8 or null, got {self.conf.resize}")
-            self.size = size
+                raise ConfigError(f"posed_pairs.resize must be [H, W] with sides >= 8, an int or null, got {resize}")
+            self.size, self.longest_side = size, None
         else:
-            self.size = None
+            self.size = self.longest_side = None
         self.collection = collection
         self.pairs = [(collection.index(a), collection.index(b)) for a, b in pairs]
         for i, j in self.pairs:
@@ -719,8 +719,23 @@ class PosedPairs:
         n = len(self.pairs)
         if not -n <= k < n:
             raise IndexError(f"pair index {k} out of range for {n} pairs")
-        i, j = self.pairs[int(k) % n]
+        return self.pair(*self.pairs[int(k) % n])
+
+    def image_name(self, i: int) -> str:
+        """The name of image i of the collection."""
+        return self.collection.names[self.collection.index(i)]
+
+    def output_size(self, image_size) -> tuple[int, int] | None:
+        """(H', W') that an image of ``image_size`` (H, W) is resized to, or None to keep it."""
+        if self.longest_side is not None:
+            scale = self.longest_side / max(image_size)
+            return max(1, round(image_size[0] * scale)), max(1, round(image_size[1] * scale))
+        return self.size
+
+    def pair(self, i: int, j: int) -> dict:
+        """The item of images i and j (indices or names; see the class docstring)."""
         c = self.collection
+        i, j = c.index(i), c.index(j)
         with_depth = bool(self.conf.depth) and c.has_depth
         item = {"name": f"{c.name}/{c.names[i]}_{c.names[j]}", "T_0to1": c.relative_pose(i, j),
                 "synthetic": c.synthetic}
@@ -730,8 +745,9 @@ class PosedPairs:
             if depth is not None and depth.shape != image.shape[:2]:
                 raise InputError(f"image '{c.names[idx]}' of '{c.name}': depth {depth.shape[::-1]} and colour "
                                  f"{image.shape[1::-1]} sizes differ")
-            if self.size is not None:
-                image, K, depth = resize_view(image, K, self.size, depth)
+            size = self.output_size(image.shape[:2])
+            if size is not None:
+                image, K, depth = resize_view(image, K, size, depth)
             item[f"image{s}"], item[f"K{s}"] = image, K
             if depth is not None:
                 item[f"depth{s}"] = depth

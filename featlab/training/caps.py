@@ -43,6 +43,7 @@ from ..datasets import rgbd as rgbd_module
 from ..datasets.posed import resize_view
 from ..errors import ConfigError, InputError
 from ..geometry.epipolar import fundamental_from_pose
+from ..geometry.pose import rotation_angle
 from ..extractors.caps import WEIGHTS_DIR, load_caps_weights, sample_descriptors, save_caps_weights
 from ..io.image import image_to_tensor
 from ..io.weights import check_export_name, copy_weights
@@ -84,7 +85,7 @@ default_conf = {
         "min_covisibility": 0.3,
         "num_pairs": 10,  # pairs kept (evenly spaced over the candidates)
         "max_keypoints": 1024,  # SIFT keypoints per image
-        "method": "opencv",  # relative-pose solver: opencv | ransac | poselib (featlab.geometry.robust)
+        "method": "superglue",  # relative-pose estimator: superglue | magsac | poselib (featlab.geometry.robust)
         "threshold": 1.0,  # px (at data.image_size), RANSAC inlier threshold
     },
     "loss": loss_default_conf,  # see featlab.losses.caps
@@ -123,11 +124,6 @@ def sample_queries(rng: np.random.Generator, candidates: np.ndarray, num: int, f
     return np.concatenate([chosen, uniform], 0).astype(np.float32)
 
 
-def rotation_angle_deg(T: np.ndarray) -> float:
-    R = np.asarray(T, np.float64)[:3, :3]
-    return float(np.degrees(np.arccos(np.clip((np.trace(R) - 1.0) / 2.0, -1.0, 1.0))))
-
-
 class RGBDPairs:
     """Posed pairs of an RGB-D sequence: depth-checked covisible frame pairs at given gaps, rotation-bounded.
 
@@ -141,7 +137,7 @@ class RGBDPairs:
         pairs = self.sequence.make_pairs(gaps=tuple(gaps), min_covisibility=min_covisibility,
                                          max_pairs_per_gap=max_pairs_per_gap, frame_range=tuple(frame_range),
                                          seed=seed)
-        pairs = [p for p in pairs if rotation_angle_deg(self.sequence.relative_pose(*p)) <= max_rotation]
+        pairs = [p for p in pairs if rotation_angle(self.sequence.relative_pose(*p)[:3, :3]) <= max_rotation]
         if num_pairs is not None and len(pairs) > num_pairs:
             pairs = [pairs[int(k)] for k in np.linspace(0, len(pairs) - 1, int(num_pairs)).round()]
         if not pairs:
