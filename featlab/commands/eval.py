@@ -3,7 +3,8 @@
   featlab eval hpatches  homography benchmark on HPatches (--hpatches ROOT) or on synthetic warps of a photo
                          folder (--synthetic DIR): MMA@1..10 px, homography accuracy Cor-1/3/5, matching score,
                          repeatability
-  featlab eval relpose   relative pose on an RGB-D sequence (7-Scenes/TUM layout): AUC@5/10/20 per frame gap
+  featlab eval relpose   relative pose on an RGB-D sequence (7-Scenes/TUM layout) or a COLMAP model (wide
+                         baseline, e.g. Strecha's Herz-Jesus-P25): AUC@5/10/20 per gap
   featlab eval speed     extraction and matching time per method and image size
 
 Features are extracted once per image and cached under OUTDIR/cache (rerunning reuses them); results are written
@@ -19,7 +20,6 @@ from ..errors import ConfigError, InputError
 
 logger = logging.getLogger(__name__)
 
-RELPOSE_ESTIMATORS = ("opencv", "magsac", "ransac", "poselib")
 HOMOGRAPHY_ESTIMATORS = ("ransac", "magsac", "poselib")
 
 
@@ -71,26 +71,45 @@ def register(sub):
     h.add_argument("--ransac-threshold", type=float, default=3.0, help="inlier threshold in px (default: 3)")
     h.set_defaults(func=run_hpatches)
 
-    r = esub.add_parser("relpose", help="relative pose on an RGB-D sequence (AUC@5/10/20)",
+    from ..geometry.robust import RELPOSE_METHODS
+
+    r = esub.add_parser("relpose", help="relative pose on an RGB-D sequence or a COLMAP model (AUC@5/10/20)",
                         description=RELPOSE_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_common(r)
-    r.add_argument("--rgbd", type=Path, required=True, metavar="ROOT", help="RGB-D sequence folder")
-    r.add_argument("--gaps", type=int, nargs="+", default=[10, 30, 60], help="frame gaps (default: 10 30 60)")
+    data = r.add_mutually_exclusive_group(required=True)
+    data.add_argument("--rgbd", type=Path, metavar="ROOT", help="RGB-D sequence folder (7-Scenes / TUM layout)")
+    data.add_argument("--colmap", type=Path, metavar="SCENE",
+                      help="COLMAP model with ground-truth poses: a scene folder holding sparse/ (or sparse/0/) and "
+                           "images/, or the model folder itself")
+    r.add_argument("--gaps", type=int, nargs="+", default=None,
+                   help="pair gaps: frame gaps (--rgbd, default: 10 30 60) or image index gaps in name order "
+                        "(--colmap, default: 3 4 5 6 7)")
+    r.add_argument("--image-size", type=int, default=None, metavar="N",
+                   help="--colmap: images resized so that the longest side is N, aspect kept, K scaled; the "
+                        "threshold is in these pixels (default: 768, i.e. 1536x1024 -> 768x512)")
     r.add_argument("--frames", type=int, nargs=2, default=None, metavar=("FIRST", "LAST"),
-                   help="frame index range, both inclusive (default: 0 499)")
+                   help="--rgbd: frame index range, both inclusive (default: 0 499)")
     r.add_argument("--min-covisibility", type=float, default=None,
-                   help="minimum depth-based covisibility of a pair (default: the dataset's)")
-    r.add_argument("--max-pairs-per-gap", type=int, default=None, help="subsample pairs per gap")
-    r.add_argument("--seed", type=int, default=0, help="seed of the pair subsampling (default: 0)")
+                   help="--rgbd: minimum depth-based covisibility of a pair (default: the dataset's)")
+    r.add_argument("--max-pairs-per-gap", type=int, default=None, help="--rgbd: subsample pairs per gap")
+    r.add_argument("--seed", type=int, default=None, help="--rgbd: seed of the pair subsampling (default: 0)")
     r.add_argument("--focal", type=float, default=None,
-                   help="override the focal length of the intrinsics (px; e.g. 525 for 7-Scenes colour)")
-    r.add_argument("--pairs", type=Path, default=None, help="use this saved pair list instead of sampling pairs")
+                   help="--rgbd: focal length of the intrinsics in px (default: the dataset's; 7-Scenes colour "
+                        "images: 525, the file's 585 being the depth sensor's)")
+    r.add_argument("--pairs", type=Path, default=None, help="use this saved pair list instead of making pairs")
     r.add_argument("--resize", type=int, nargs="+", default=None, metavar="N",
-                   help="extraction size: one int (longest side) or H W (default: native)")
+                   help="extraction size: one int (longest side) or H W, keypoints mapped back to the evaluated "
+                        "image (default: as evaluated)")
     r.add_argument("--max-keypoints", type=int, default=2048, help="top-k keypoints (default: 2048)")
-    r.add_argument("--estimator", choices=RELPOSE_ESTIMATORS, default="opencv",
-                   help="essential-matrix estimator (default: opencv = MAGSAC++)")
-    r.add_argument("--ransac-threshold", type=float, default=1.0, help="inlier threshold in px (default: 1)")
+    r.add_argument("--estimator", choices=RELPOSE_METHODS, default=RELPOSE_METHODS[0],
+                   help="relative-pose estimator (default: superglue = SuperGlue's protocol: OpenCV RANSAC on "
+                        "K-normalised points, confidence 0.99999, recoverPose)")
+    r.add_argument("--ransac-threshold", type=float, default=1.0,
+                   help="inlier threshold in px, divided by the pair's mean focal length (default: 1)")
+    r.add_argument("--confidence", type=float, default=None,
+                   help="RANSAC confidence (default: the estimator's; superglue 0.99999, others 0.9999)")
+    r.add_argument("--max-iters", type=int, default=None,
+                   help="RANSAC iteration cap (default: the estimator's; superglue 1000, others 10000)")
     r.set_defaults(func=run_relpose)
 
     s = esub.add_parser("speed", help="extraction and matching time", description=SPEED_DOC,
@@ -122,11 +141,20 @@ included, the pairs drawn from the benchmark's random stream.
 Settings (residual-descriptor paper): 240x320_300, 480x640_1000 (H x W _ keypoints).
 """
 
-RELPOSE_DOC = """Relative-pose benchmark on an RGB-D sequence (7-Scenes / TUM layout).
+RELPOSE_DOC = """Relative-pose benchmark on an RGB-D sequence (7-Scenes / TUM layout) or a COLMAP model.
 
-Frame pairs at the given gaps with enough depth-based covisibility (saved to OUTDIR/relpose_pairs.txt), mutual
-nearest-neighbour matching, essential matrix with RANSAC; pose error = max(rotation angle error, translation
-direction error) in degrees, failures count as infinite; AUC@5/10/20 per gap and overall.
+Pairs (saved to OUTDIR/relpose_pairs.txt): --rgbd, frame pairs at the given gaps with enough depth-based
+covisibility; --colmap, every pair (i, i + d) of the images sorted by name, for each gap d, at the --image-size
+(wide baseline: on Herz-Jesus-P25 the median relative rotation grows from 24 degrees at gap 3 to 46 at gap 7, each
+gap spanning 9-75 degrees; the tables print every gap's range). Mutual nearest-neighbour
+matching, relative pose by --estimator (default superglue: SuperGlue's protocol, OpenCV RANSAC essential matrix on
+K-normalised points, threshold 1 px / mean focal, confidence 0.99999, recoverPose); pose error = max(rotation angle
+error, translation direction error) in degrees, failures count as infinite; AUC@5/10/20 per gap and overall, one
+table per gap with the ground-truth rotation angles of its pairs. Every output names the estimator, its threshold,
+confidence and iteration cap, and the intrinsics.
+
+  featlab eval relpose --methods sift --rgbd ../shared/data/rgbd/7scenes_redkitchen --frames 400 499 --gaps 20 30 45 -o out/
+  featlab eval relpose --methods sift --colmap ../shared/data/posed/strecha/Herz-Jesus-P25 --gaps 3 4 5 6 7 -o out/
 """
 
 SPEED_DOC = """Speed benchmark: median extraction time per image (forward pass on a resized tensor) and median mutual
@@ -221,9 +249,9 @@ def run_hpatches(args) -> int:
 
 # ------------------------------------------------------------------------------------------------ relpose
 def run_relpose(args) -> int:
-    from ..datasets.rgbd import RGBDSequence
     from ..eval import relpose
     from ..eval.report import args_to_dict, environment, write_json, write_markdown
+    from ..geometry.robust import relative_pose_settings
 
     out = _setup(args)
     resize = None
@@ -233,9 +261,41 @@ def run_relpose(args) -> int:
         resize = args.resize[0] if len(args.resize) == 1 else list(args.resize)
     if args.max_keypoints <= 0:
         raise ConfigError(f"--max-keypoints must be positive, got {args.max_keypoints}")
-    if not args.gaps or min(args.gaps) < 1:
-        raise ConfigError(f"--gaps must be positive frame gaps, got {args.gaps}")
+    if args.gaps is not None and (not args.gaps or min(args.gaps) < 1):
+        raise ConfigError(f"--gaps must be positive gaps, got {args.gaps}")
+    conf = {"resize": resize, "max_keypoints": args.max_keypoints, "estimator": args.estimator,
+            "ransac_threshold": args.ransac_threshold, "confidence": args.confidence, "max_iters": args.max_iters}
+    relative_pose_settings(args.estimator, args.ransac_threshold, args.confidence, args.max_iters)  # fail early
     methods = _methods(args, {"max_keypoints": args.max_keypoints, "resize": None})
+    if args.rgbd is not None:
+        dataset, pairs, source, save_pairs = _relpose_rgbd(args)
+    else:
+        dataset, pairs, source, save_pairs = _relpose_colmap(args)
+    out.mkdir(parents=True, exist_ok=True)
+    source["pairs_file"] = str(save_pairs(out / "relpose_pairs.txt", pairs))
+    logger.info("relpose on %s, methods %s", source["label"], ", ".join(methods))
+    result = relpose.run_benchmark(dataset, pairs, methods, conf, out / "cache", source, progress=_progress(args))
+    result = {"benchmark": "relpose", "title": f"Relative pose: {source['label']}", **result,
+              "args": args_to_dict(args), "environment": environment()}
+    write_json(out / "relpose_results.json", result)
+    md = relpose.markdown_report(result)
+    write_markdown(out / "relpose_results.md", md)
+    relpose.plot_cumulative_errors(result, out / "relpose_errors.png")
+    print(md)
+    print(f"results: {out / 'relpose_results.json'} (and .md, relpose_errors.png, relpose_pairs.txt)")
+    return 0
+
+
+def _gap_label(pairs) -> str:
+    return " ".join(map(str, sorted({j - i for i, j in pairs})))
+
+
+def _relpose_rgbd(args):
+    """RGB-D sequence, its pairs, the source record and the pairs writer."""
+    from ..datasets.rgbd import RGBDSequence
+
+    if args.image_size is not None:
+        raise ConfigError("--image-size applies to --colmap only (use --resize for the extraction size)")
     seq_conf = {}
     if args.focal is not None:
         if args.focal <= 0:
@@ -245,7 +305,7 @@ def run_relpose(args) -> int:
     if args.pairs is not None:
         pairs = sequence.load_pairs(args.pairs)
     else:
-        kwargs = {"gaps": tuple(args.gaps), "seed": args.seed}
+        kwargs = {"gaps": tuple(args.gaps or (10, 30, 60)), "seed": args.seed or 0}
         if args.min_covisibility is not None:
             kwargs["min_covisibility"] = args.min_covisibility
         if args.max_pairs_per_gap is not None:
@@ -259,27 +319,64 @@ def run_relpose(args) -> int:
     if not pairs:
         raise InputError(f"no frame pair of {args.rgbd} passes the covisibility test for gaps {args.gaps} "
                          "(lower --min-covisibility or widen --frames)")
-    out.mkdir(parents=True, exist_ok=True)
-    pairs_file = sequence.save_pairs(out / "relpose_pairs.txt", pairs)
-    f = float(sequence.K[0, 0])
-    intrinsics = (f"fx = fy = {f:g} px ({'--focal' if args.focal is not None else 'dataset default'}), "
-                  f"principal point ({sequence.K[0, 2]:g}, {sequence.K[1, 2]:g})")
-    label = f"{args.rgbd.name} ({len(pairs)} pairs, gaps {' '.join(map(str, sorted({j - i for i, j in pairs})))})"
-    source = {"kind": "rgbd", "label": label, "root": str(args.rgbd.resolve()), "intrinsics": intrinsics,
-              "dataset_conf": getattr(sequence, "conf", seq_conf), "pairs_file": str(pairs_file)}
-    conf = {"resize": resize, "max_keypoints": args.max_keypoints, "estimator": args.estimator,
-            "ransac_threshold": args.ransac_threshold}
-    logger.info("relpose on %s, methods %s", label, ", ".join(methods))
-    result = relpose.run_benchmark(sequence, pairs, methods, conf, out / "cache", source, progress=_progress(args))
-    result = {"benchmark": "relpose", "title": f"Relative pose: {label}", **result, "args": args_to_dict(args),
-              "environment": environment()}
-    write_json(out / "relpose_results.json", result)
-    md = relpose.markdown_report(result)
-    write_markdown(out / "relpose_results.md", md)
-    relpose.plot_cumulative_errors(result, out / "relpose_errors.png")
-    print(md)
-    print(f"results: {out / 'relpose_results.json'} (and .md, relpose_errors.png, relpose_pairs.txt)")
-    return 0
+    label = f"{args.rgbd.name} ({len(pairs)} pairs, frame gaps {_gap_label(pairs)}, fx = fy = {sequence.K[0, 0]:g})"
+    h, w = sequence.load_image(pairs[0][0]).shape[:2]
+    source = {"kind": "rgbd", "label": label, "root": str(args.rgbd.resolve()), "intrinsics": sequence.intrinsics,
+              "image_size": f"native ({w}x{h})", "gap_name": "frame gap",
+              "dataset_conf": getattr(sequence, "conf", seq_conf)}
+    return sequence, pairs, source, sequence.save_pairs
+
+
+def _colmap_model_dir(path: Path) -> Path:
+    """The model folder of a --colmap argument: SCENE/sparse/0, SCENE/sparse or SCENE itself."""
+    for candidate in (path / "sparse" / "0", path / "sparse", path):
+        if any((candidate / f"images{ext}").is_file() for ext in (".bin", ".txt")):
+            return candidate
+    raise InputError(f"no COLMAP model (images.txt or images.bin) in {path}, {path / 'sparse'} or "
+                     f"{path / 'sparse' / '0'}")
+
+
+def _relpose_colmap(args):
+    """Posed views of a COLMAP model (resized, K scaled), the pairs, the source record and the pairs writer."""
+    from ..conf import to_container
+    from ..datasets.colmap import read_colmap
+    from ..datasets.posed import PairSampler, PosedPairs
+    from ..datasets.rgbd import write_pairs_file
+    from ..eval.relpose import gap_pairs
+
+    rgbd_only = {"--frames": args.frames, "--min-covisibility": args.min_covisibility,
+                 "--max-pairs-per-gap": args.max_pairs_per_gap, "--seed": args.seed, "--focal": args.focal}
+    given = [flag for flag, value in rgbd_only.items() if value is not None]
+    if given:
+        raise ConfigError(f"{', '.join(given)} apply to --rgbd only")
+    size = 768 if args.image_size is None else args.image_size
+    if size < 16:
+        raise ConfigError(f"--image-size must be >= 16, got {size}")
+    if not args.colmap.is_dir():
+        raise InputError(f"COLMAP scene folder not found: {args.colmap}")
+    collection = read_colmap(_colmap_model_dir(args.colmap))
+    if collection.root is None:
+        raise InputError(f"no image folder found for the COLMAP model in {args.colmap} (expected images/ beside "
+                         "sparse/)")
+    pairs = PairSampler.load(args.pairs, collection) if args.pairs is not None else \
+        gap_pairs(collection, args.gaps or (3, 4, 5, 6, 7))
+    if not pairs:
+        raise InputError(f"no image pair of {args.colmap} ({len(collection)} images) at gaps {args.gaps}")
+    dataset = PosedPairs(collection, pairs, {"resize": size, "depth": False})
+    sizes = sorted({tuple(int(v) for v in s) for s in collection.image_sizes})
+    resized = ", ".join(f"{w}x{h} -> {dataset.output_size((h, w))[1]}x{dataset.output_size((h, w))[0]}"
+                        for h, w in sizes)
+    label = f"{collection.name} ({len(pairs)} pairs, image gaps {_gap_label(pairs)}, {resized})"
+    source = {"kind": "colmap", "label": label, "root": str(args.colmap.resolve()),
+              "image_size": f"longest side {size} ({resized}), K scaled", "gap_name": "image gap",
+              "intrinsics": "per image from the COLMAP model, scaled to the resized images",
+              "dataset_conf": to_container(dataset.conf)}
+
+    def save_pairs(path, pairs):
+        names = [(collection.names[i], collection.names[j]) for i, j in pairs]
+        return write_pairs_file(path, names, header=f"relpose pairs of {collection.name} (image names)")
+
+    return dataset, pairs, source, save_pairs
 
 
 # ------------------------------------------------------------------------------------------------ speed

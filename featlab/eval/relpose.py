@@ -1,14 +1,23 @@
-"""Relative-pose benchmark on an RGB-D sequence (7-Scenes / TUM layout) with known intrinsics and poses.
+"""Relative-pose benchmark on posed images with known intrinsics and poses: an RGB-D sequence (7-Scenes / TUM
+layout) or a posed collection (a COLMAP model such as the Strecha scenes, wide baseline).
 
 Protocol:
 
-1. Pairs ``(i, j)`` from :meth:`featlab.datasets.rgbd.RGBDSequence.make_pairs` (fixed frame gaps, a minimum
-   depth-based covisibility, a seeded subsample per gap); the list is saved with the results.
-2. Loop 1, extraction: every frame once per method (cached; optional resize, keypoints mapped back to the
-   original frame so that the dataset's K applies).
-3. Loop 2, scoring from the cache: mutual nearest-neighbour matching, essential matrix with RANSAC
-   (:func:`featlab.geometry.robust.estimate_relative_pose`), pose error = max(rotation angle error, translation
-   direction error) in degrees (a failure is ``inf``), AUC@5/10/20 per frame gap and overall.
+1. Pairs ``(i, j)``: for an RGB-D sequence from :meth:`featlab.datasets.rgbd.RGBDSequence.make_pairs` (fixed frame
+   gaps, a minimum depth-based covisibility, a seeded subsample per gap); for a posed collection every
+   ``(i, i + d)`` of the images sorted by name for each gap d (:func:`gap_pairs`). The list is saved with the
+   results.
+2. Loop 1, extraction: every image once per method (cached; optional extraction resize, keypoints mapped back to
+   the evaluated image so that its K applies). A posed collection's views are first resized (``PosedPairs``
+   ``resize``, K scaled), so the evaluated image, and the pixel unit of the RANSAC threshold, is the resized one.
+3. Loop 2, scoring from the cache: mutual nearest-neighbour matching, relative pose by the configured estimator
+   (:func:`featlab.geometry.robust.estimate_relative_pose`; default ``superglue``: SuperGlue's protocol, OpenCV
+   RANSAC on K-normalised points, threshold 1 px / mean focal, confidence 0.99999, ``recoverPose``), pose error =
+   max(rotation angle error, translation direction error) in degrees (a failure is ``inf``), AUC@5/10/20 per gap
+   and overall. The ground-truth rotation angle of every pair is reported with it (per pair and per gap), so
+   that "wide baseline" is a measured statement.
+
+Every output names the estimator and the threshold, confidence and iteration cap it ran with (``conf``).
 """
 from __future__ import annotations
 
@@ -17,16 +26,18 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..conf import resolve_conf, to_container
+from ..conf import none_or, resolve_conf, to_container
 from . import metrics
 from .cache import (FeatureCache, data_identity, extract_numpy, extractor_settings, match_features,
                     no_progress_bar)
 
 default_conf = {
-    "resize": None,  # extraction size: None (native), int (longest side) or [H, W]; keypoints mapped back
+    "resize": none_or(int, list),  # extraction size: None (native), int (longest side) or [H, W]; keypoints mapped back
     "max_keypoints": 2048,  # top-k keypoints kept by each extractor
-    "estimator": "opencv",  # geometry.robust.estimate_relative_pose method: opencv | poselib
-    "ransac_threshold": 1.0,  # px, inlier threshold of the essential-matrix RANSAC
+    "estimator": "superglue",  # geometry.robust.estimate_relative_pose method: superglue | magsac | poselib
+    "ransac_threshold": 1.0,  # px (of a camera with the pair's mean focal length), inlier threshold
+    "confidence": none_or(float),  # RANSAC confidence; None: the estimator's (superglue 0.99999, others 0.9999)
+    "max_iters": none_or(int),  # RANSAC iteration cap; None: the estimator's (superglue 1000, others 10000)
     "auc_thresholds": list(metrics.POSE_THRESHOLDS),  # degrees
 }
 
@@ -52,7 +63,8 @@ def score_pair(feats0: dict, feats1: dict, K0: np.ndarray, K1: np.ndarray, T_0to
     if len(idx0) >= 5:
         R, t, mask = estimate_relative_pose(k0[idx0], k1[idx1], np.asarray(K0, np.float64),
                                             np.asarray(K1, np.float64), method=conf.estimator,
-                                            threshold=float(conf.ransac_threshold))
+                                            threshold=float(conf.ransac_threshold), confidence=conf.confidence,
+                                            max_iters=conf.max_iters)
     err_R, err_t = relative_pose_error(T_0to1, R, t) if R is not None else (float("inf"), float("inf"))
     return {
         "num_keypoints0": int(len(k0)),
@@ -83,46 +95,78 @@ def summarize(records: list[dict], thresholds: Sequence[float]) -> dict[str, Any
         "mean_num_keypoints": metrics.mean_or_zero(0.5 * (r["num_keypoints0"] + r["num_keypoints1"])
                                                    for r in records),
     })
+    rot = [r["gt_rotation"] for r in records if r.get("gt_rotation") is not None]
+    if rot:
+        out["gt_rotation"] = {"min": float(np.min(rot)), "median": float(np.median(rot)), "max": float(np.max(rot))}
     return out
 
 
-def run_benchmark(sequence, pairs: list[tuple[int, int]], methods: dict, conf: dict | None,
+def gap_pairs(collection, gaps: Sequence[int]) -> list[tuple[int, int]]:
+    """Every pair ``(i, i + d)`` of posed images of a collection, for each gap d (in the collection's order: sorted
+    by name for a COLMAP model), grouped by gap in the given order and sorted by i within a gap; images without a
+    pose and pairs across scene groups are left out (:class:`featlab.datasets.posed.PairSampler`, no covisibility
+    test, no rotation bound)."""
+    from ..datasets.posed import PairSampler
+
+    pairs = []
+    for d in gaps:
+        sampler = PairSampler({"min_gap": int(d), "max_gap": int(d), "max_rotation": 180.0, "covisibility": "none"})
+        pairs.extend(sampler.sample(collection))
+    return pairs
+
+
+def run_benchmark(dataset, pairs: list[tuple[int, int]], methods: dict, conf: dict | None,
                   cache_root: str | Path, source: dict, progress: bool | None = None) -> dict[str, Any]:
     """Extract (cached) then score every pair for every method.
 
     Args:
-        sequence: an :class:`featlab.datasets.rgbd.RGBDSequence`.
-        pairs: ``[(i, j)]`` frame indices as returned by ``sequence.make_pairs``.
+        dataset: gives the evaluated images: ``pair(i, j)`` -> two-view item (``image0/1``, ``K0/1``, ``T_0to1``,
+            ``name``) and ``image_name(i)`` -> the cache key of image i; an
+            :class:`featlab.datasets.rgbd.RGBDSequence` or a :class:`featlab.datasets.posed.PosedPairs` (whose
+            ``resize`` sets the evaluated image size). ``dataset.covisibilities`` ((i, j) -> float), when present,
+            is copied into the pair records.
+        pairs: ``[(i, j)]`` image indices, e.g. from ``RGBDSequence.make_pairs`` or :func:`gap_pairs`.
         methods: ``{name: Extractor}``.
-        conf: benchmark conf (:data:`default_conf`).
+        conf: benchmark conf (:data:`default_conf`); the estimator's defaults are filled in, so the returned
+            ``conf`` names the estimator, threshold, confidence and iteration cap that actually ran.
         cache_root: feature cache folder.
         source: identifies the data (root, dataset conf); part of the cache key.
     Returns:
-        ``{"conf", "source", "methods": {name: {"summary": {"all": ..., "gap_10": ...}, "pairs": [...]}}}``.
+        ``{"conf", "source", "gaps", "methods": {name: {"summary": {"all": ..., "gap_10": ...}, "pairs": [...]}}}``;
+        each summary also holds ``gt_rotation`` (min, median, max ground-truth rotation angle of its pairs, deg).
     """
     from tqdm import tqdm
 
     from ..errors import InputError
+    from ..geometry.pose import rotation_angle
+    from ..geometry.robust import relative_pose_settings
 
     conf = resolve_conf(default_conf, conf, "relpose")
+    used = relative_pose_settings(conf.estimator, conf.ransac_threshold, conf.confidence, conf.max_iters)
+    conf = resolve_conf(default_conf, {**to_container(conf), "estimator": used["method"],
+                                       "confidence": used["confidence"], "max_iters": used["max_iters"]}, "relpose")
     if not pairs:
-        raise InputError("no frame pairs to evaluate (lower --min-covisibility or widen --frames)")
+        raise InputError("no image pairs to evaluate (lower --min-covisibility, widen --frames or lower --gaps)")
     resize = to_container(conf.resize)
     caches = {name: FeatureCache(cache_root, name, {"extractor": extractor_settings(ext), "resize": resize,
                                                     "data": data_identity(source)})
               for name, ext in methods.items()}
+    covisibilities = getattr(dataset, "covisibilities", {})
     metas = []
     for i, j in tqdm(pairs, desc="extract (pairs)", unit="pair", disable=no_progress_bar(progress)):
-        data = sequence.pair(int(i), int(j))
-        keys = (str(sequence.frames[int(i)]), str(sequence.frames[int(j)]))
+        data = dataset.pair(int(i), int(j))
+        keys = (str(dataset.image_name(int(i))), str(dataset.image_name(int(j))))
         for name, ext in methods.items():
             for key, img in zip(keys, (data["image0"], data["image1"])):
                 caches[name].get_or_compute(key, img, lambda im, e=ext: extract_numpy(e, im, resize=resize))
+        T_0to1 = np.asarray(data["T_0to1"], np.float64)
         metas.append({"pair": (int(i), int(j)), "gap": int(j) - int(i), "keys": keys,
-                      "covisibility": getattr(sequence, "covisibilities", {}).get((int(i), int(j))),
+                      "covisibility": covisibilities.get((int(i), int(j))),
+                      "gt_rotation": rotation_angle(T_0to1[:3, :3]),
+                      "image_size": list(data["image0"].shape[:2]),
                       "name": str(data.get("name", f"{i}-{j}")),
                       "K0": np.asarray(data["K0"], np.float64), "K1": np.asarray(data["K1"], np.float64),
-                      "T_0to1": np.asarray(data["T_0to1"], np.float64)})
+                      "T_0to1": T_0to1})
 
     gaps = sorted({m["gap"] for m in metas})
     results: dict[str, Any] = {}
@@ -135,7 +179,8 @@ def run_benchmark(sequence, pairs: list[tuple[int, int]], methods: dict, conf: d
                 raise InputError(f"feature cache entry vanished for pair {meta['pair']} in {caches[name].dir}")
             rec = score_pair(f0, f1, meta["K0"], meta["K1"], meta["T_0to1"], conf, binary)
             records.append({"name": meta["name"], "pair": list(meta["pair"]), "gap": meta["gap"],
-                            "covisibility": meta["covisibility"], **rec})
+                            "covisibility": meta["covisibility"], "gt_rotation": meta["gt_rotation"],
+                            "image_size": meta["image_size"], **rec})
         summary = {"all": summarize(records, conf.auc_thresholds)}
         for gap in gaps:
             summary[f"gap_{gap}"] = summarize([r for r in records if r["gap"] == gap], conf.auc_thresholds)
@@ -145,36 +190,48 @@ def run_benchmark(sequence, pairs: list[tuple[int, int]], methods: dict, conf: d
     return {"conf": to_container(conf), "source": source, "gaps": gaps, "methods": results}
 
 
-def _group_title(group: str) -> str:
-    return "all pairs" if group == "all" else f"frame gap {group.split('_', 1)[1]}"
+def _group_title(group: str, gap_name: str = "frame gap") -> str:
+    return "all pairs" if group == "all" else f"{gap_name} {group.split('_', 1)[1]}"
+
+
+def estimator_description(conf: dict) -> str:
+    """One sentence naming the estimator and the settings it ran with (from a resolved benchmark conf)."""
+    from ..geometry.robust import RELPOSE_LABELS
+
+    return (f"Relative pose by `{conf['estimator']}` ({RELPOSE_LABELS[conf['estimator']]}), inlier threshold "
+            f"{conf['ransac_threshold']:g} px (of a camera with the pair's mean focal length), confidence "
+            f"{conf['confidence']:g}, at most {conf['max_iters']} iterations.")
 
 
 def markdown_report(result: dict) -> str:
-    """One table: rows method x (each gap, then all), AUCs side by side."""
+    """One table per gap (then all pairs), methods as rows, each headed by the pairs' ground-truth rotation angles."""
     from .report import markdown_table
 
     conf = result["conf"]
+    src = result["source"]
     ths = conf["auc_thresholds"]
-    header = ["method", "pairs"] + [f"AUC@{t:g}" for t in ths] + ["median err", "#inliers", "#matches",
-                                                                   "failures"]
-    groups = [f"gap_{g}" for g in result["gaps"]] + ["all"]
-    rows = []
-    for group in groups:
+    gap_name = src.get("gap_name", "frame gap")
+    header = ["method"] + [f"AUC@{t:g}" for t in ths] + ["median err", "#inliers", "#matches", "failures"]
+    lines = [f"# Relative pose: {src['label']}", "",
+             estimator_description(conf) + " Mutual nearest-neighbour matches; pose error = max(rotation error, "
+             "translation direction error) in degrees, failures count as infinite error; AUC in percent.", "",
+             f"Images: {src.get('image_size', 'native size')}; extraction size {conf['resize'] or 'as evaluated'}, "
+             f"top {conf['max_keypoints']} keypoints. Intrinsics: {src.get('intrinsics', 'dataset default')}.", ""]
+    for group in [f"gap_{g}" for g in result["gaps"]] + ["all"]:
+        rows, first = [], None
         for name, res in result["methods"].items():
             s = res["summary"].get(group)
             if not s or not s.get("num_pairs"):
                 continue
-            rows.append([f"{name} ({_group_title(group)})", s["num_pairs"]]
-                        + [100 * s["auc"][str(t)] for t in ths]
+            first = first or s
+            rows.append([name] + [100 * s["auc"][str(t)] for t in ths]
                         + [s["median_pose_error"], s["mean_num_inliers"], s["mean_num_matches"], s["failures"]])
-    src = result["source"]
-    lines = [f"# Relative pose: {src['label']}", "",
-             f"Essential matrix by {conf['estimator']} RANSAC ({conf['ransac_threshold']:g} px) on mutual "
-             f"nearest-neighbour matches; pose error = max(rotation error, translation direction error) in "
-             f"degrees, failures count as infinite error; AUC in percent. Extraction size: "
-             f"{conf['resize'] or 'native'}, top {conf['max_keypoints']} keypoints. Intrinsics: "
-             f"{src.get('intrinsics', 'dataset default')}.", "",
-             markdown_table(header, rows, [0, 0] + [1] * (len(ths) + 3) + [0]), ""]
+        if not rows:
+            continue
+        rot = first["gt_rotation"]
+        lines += [f"## {_group_title(group, gap_name)}: {first['num_pairs']} pairs, ground-truth rotation "
+                  f"{rot['min']:.1f}-{rot['max']:.1f} deg (median {rot['median']:.1f})", "",
+                  markdown_table(header, rows, [0] + [1] * (len(ths) + 3) + [0]), ""]
     return "\n".join(lines)
 
 
@@ -192,6 +249,7 @@ def plot_cumulative_errors(result: dict, path: str | Path, max_error: float = 30
             if len(errs):
                 curves[name] = (errs[None, :] <= x[:, None]).mean(1)
         if curves:
-            panels.append({"title": _group_title(group), "x": x, "curves": curves})
+            panels.append({"title": _group_title(group, result["source"].get("gap_name", "frame gap")),
+                           "x": x, "curves": curves})
     return plot_curves(path, panels, "pose error [deg]", "fraction of pairs",
                        f"Relative pose: {result['source']['label']}", markers=False)
