@@ -1,0 +1,363 @@
+"""Training task of the residual descriptor v2 (:mod:`featlab.extractors.patch_residual`): ``featlab train
+residual-v2``.
+
+Self-supervised, on a CPU. Sample ``i`` (step s, pair b: i = s * pairs_per_step + b) draws all its randomness from
+``featlab.rng.role_rng(seed, "train", i)`` and its photo from a per-epoch permutation (:class:`loop.EpochShuffle`):
+
+1. a crop of the photo (``data.image_size``) and its warp by a random homography: the sampler's ``overlap`` mode
+   (:mod:`featlab.datasets.homographies`; scale on both sides of 1, perspective, centre shift) composed with an
+   in-plane rotation about the image centre uniform in +-``data.rotation`` degrees (the sampler allows < 90; the
+   benchmarks' hard preset reaches 60 and real views any angle), then independent photometric changes; image 1's
+   empty border stays black (as the synthetic-warp benchmark);
+2. g (RootSIFT) on both images; positives: keypoint pairs whose ground-truth reprojection is within
+   ``data.match_radius`` px and that are mutual nearest under it
+   (:func:`featlab.training.residual.homography_correspondences`). Each keypoint keeps its own detected frame, so
+   h learns the detector's real noise in position, scale and orientation;
+3. the oriented patches of at most ``data.max_positives`` positives per pair, cut once here
+   (:func:`featlab.extractors.patch_residual.extract_patches`).
+
+Loss: hardest-in-batch triplet in both directions over all positives of the step
+(:func:`featlab.losses.hardnet.hardest_in_batch_loss`, margin 1): a margin relaxation of "each positive is a
+mutual nearest neighbour", the condition mutual-NN matching needs. Negatives from the same pair within
+``loss.negative_radius`` px of the positive (in either image) are excluded: they are correct matches for MMA@3.
+
+Validation and fusion (the selection split only, role "select"): fixed synthetic warps of ``val.photos`` under
+each benchmark preset of ``val.presets`` at ``val.image_size`` with ``val.max_keypoints`` keypoints (the benchmark
+setting, 480x640 / 1000). Each validation describes them with h, then fits the fusion weights (a, b) = (cos phi,
+sin phi) on a grid of ``val.fusion_steps`` angles in [0, 90] deg by maximising the mean MMA@3 of mutual nearest
+neighbour matches, and stores them in the model (so every saved weights file carries its fitted fusion; ties go
+to the smaller b, i.e. towards g). Metrics: ``mma@3`` (fused, fitted), ``g_mma@3`` (RootSIFT alone), ``h_mma@3``
+(h alone), ``fusion_b`` (b with a^2 + b^2 = 1), and the same per preset (``mma@3/hard``...). The best weights
+are selected by ``mma@3``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..conf import none_or, resolve_conf, to_container
+from ..datasets import homographies
+from ..datasets.synthetic import SyntheticHomographyPairs, preset_conf, resize_and_crop, warp_image
+from ..errors import ConfigError
+from ..extractors.patch_residual import (PatchResidualNet, extract_patches, fusion_from_angle,
+                                         load_patch_residual_weights, save_patch_residual_weights)
+from ..io.image import image_to_tensor, list_images, read_image, rgb_to_gray
+from ..io.weights import SHIPPED_WEIGHTS_DIR, check_export_name, copy_weights
+from ..losses.hardnet import hardest_in_batch_loss
+from ..rng import role_rng
+from . import loop
+from .residual import add_arguments, apply_arguments, check_conf, homography_correspondences  # noqa: F401
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "residual-v2.yaml"
+#: where --export writes (featlab/weights/)
+WEIGHTS_DIR = SHIPPED_WEIGHTS_DIR
+SUMMARY = "residual descriptor v2: RootSIFT + learned oriented-patch descriptor, fitted fusion"
+
+default_conf = {
+    "model": PatchResidualNet.default_conf,  # patch geometry and h, see featlab.extractors.patch_residual
+    "handcrafted": {
+        "name": "rootsift",  # g: a registered OpenCV SIFT-family extractor (gives scales and orientations)
+        "max_keypoints": 1000,  # keypoints per training image
+        "conf": none_or(dict),  # other keys of g's own config
+    },
+    "data": {
+        "photos": [],  # training photo folders (CLI --photos; configs/residual-v2.yaml: the split rule's)
+        "allow_eval_data": False,  # true: allow training/selecting on evaluation-only data (featlab.datasets.splits)
+        "image_size": [240, 320],  # [H, W] of both images of a pair
+        "pairs_per_step": 8,  # image pairs per optimiser step (their positives form one batch)
+        "max_positives": 128,  # positives kept per pair (random subset), the batch holds up to 8 x 128 pairs
+        "match_radius": 2.0,  # px: ground-truth reprojection radius of a positive (mutual nearest under it)
+        "rotation": 180.0,  # deg: extra in-plane rotation about the image centre, uniform in +-rotation
+        "homography": {**homographies.default_conf, "mode": "overlap", "rotation": 0.0, "scale": [0.5, 2.0],
+                       "perspective": 0.3, "translation": 0.2},  # featlab.datasets.homographies
+        "photometric": homographies.photometric_default_conf,  # applied independently to both images
+        "num_workers": 0,  # DataLoader worker processes (0: in the training process, one core)
+    },
+    "val": {
+        "photos": none_or(str, Path),  # selection photos (CLI --val-photos; configs/residual-v2.yaml: bsds500/val)
+        "presets": ["moderate", "hard"],  # benchmark warp presets (featlab.datasets.homographies.PRESETS)
+        "num_pairs": 25,  # pairs per preset (first photos by path, centre crops)
+        "seed": 1234,  # seed of the validation warps (preset k uses seed + k), role "select"
+        "image_size": [480, 640],  # [H, W]: the benchmark setting
+        "max_keypoints": 1000,  # g's keypoints per validation image (the benchmark setting)
+        "threshold": 3.0,  # px: MMA threshold of the fit and of the reported metric
+        "fusion_steps": 16,  # angles phi in [0, 90] deg tried for (a, b) = (cos phi, sin phi)
+    },
+    "loss": {
+        "margin": 1.0,  # hinge margin (HardNet)
+        "negative_radius": 3.0,  # px: same-pair keypoints this close to the positive are never negatives
+    },
+    "train": loop.default_conf,  # optimiser, steps, checkpoints, threads, time budget: featlab.training.loop
+}
+
+
+def rotation_about_centre(degrees: float, image_size) -> np.ndarray:
+    """(3, 3) homography rotating featlab pixels by ``degrees`` (x towards y) about the centre of an (H, W) image."""
+    h, w = (float(v) for v in image_size)
+    t = math.radians(degrees)
+    c, s = math.cos(t), math.sin(t)
+    cx, cy = w / 2.0, h / 2.0
+    return np.array([[c, -s, cx - c * cx + s * cy], [s, c, cy - s * cx - c * cy], [0.0, 0.0, 1.0]])
+
+
+def _pad(array: np.ndarray, n: int) -> np.ndarray:
+    out = np.zeros((n, *array.shape[1:]), dtype=array.dtype)
+    out[: len(array)] = array[:n]
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- dataset
+class PatchPairStream(Dataset):
+    """Training samples by global index (unbounded): the positives of one warped pair, as patches.
+
+    Item (numpy, fixed shapes so that the default collate stacks them; K = data.max_positives, P = patch size)::
+
+        patches0, patches1      float32 (K, 1, P, P) grey patches of the positives in image 0 / image 1
+        keypoints0, keypoints1  float32 (K, 2) featlab pixels of those keypoints
+        masks                   bool (K,): False for padding
+        num_keypoints           int64 (2,) g's keypoints in image 0 and image 1
+    """
+
+    def __init__(self, photos: list[Path], conf, seed: int):
+        if not photos:
+            raise ConfigError("no training photos: pass --photos DIR (or set data.photos)")
+        self.photos = list(photos)
+        self.conf = conf
+        self.seed = int(seed)
+        self.size = tuple(int(v) for v in conf.data.image_size)
+        self.k = int(conf.data.max_positives)
+        self._homography_conf = to_container(conf.data.homography)
+        self._photometric_conf = to_container(conf.data.photometric)
+        homographies._resolve("homography", self._homography_conf)  # bad values fail now, not in a worker
+        self._g = None  # OpenCV objects are built in the process that uses them
+        self._shuffle = loop.EpochShuffle(self.seed)
+
+    def __getstate__(self):
+        return {**self.__dict__, "_g": None}
+
+    def __len__(self) -> int:  # nominal: indices are global sample numbers
+        return len(self.photos)
+
+    @property
+    def g(self):
+        if self._g is None:
+            self._g = build_g(self.conf.handcrafted, int(self.conf.handcrafted.max_keypoints))
+        return self._g
+
+    def warped_pair(self, rng: np.random.Generator, photo: np.ndarray):
+        """-> (image0, image1 uint8 (H, W, 3), H_0to1 (3, 3)), image 1's empty border black."""
+        image0 = resize_and_crop(photo, self.size, rng)
+        H = homographies.sample_homography(rng, self.size, self._homography_conf)
+        H = rotation_about_centre(float(self.conf.data.rotation) * rng.uniform(-1.0, 1.0), self.size) @ H
+        H = H / H[2, 2]
+        image1 = warp_image(image0, H, self.size, "constant")
+        image0 = homographies.photometric_augment(rng, image0, self._photometric_conf)
+        image1 = homographies.photometric_augment(rng, image1, self._photometric_conf)
+        seen = warp_image(np.ones(self.size, np.uint8), H, self.size, "constant")
+        image1[seen == 0] = 0
+        return image0, image1, H
+
+    def __getitem__(self, index: int) -> dict:
+        rng = role_rng(self.seed, "train", int(index))
+        photo = read_image(self.photos[self._shuffle(int(index), len(self.photos))])
+        image0, image1, H = self.warped_pair(rng, photo)
+        f0, f1 = describe(self.g, image0), describe(self.g, image1)
+        matches0 = homography_correspondences(f0["keypoints"].numpy(), f1["keypoints"].numpy(), H,
+                                              float(self.conf.data.match_radius), f0["descriptors"].numpy(),
+                                              f1["descriptors"].numpy())
+        idx0 = np.nonzero(matches0 >= 0)[0]
+        if len(idx0) > self.k:
+            idx0 = np.sort(rng.permutation(idx0)[: self.k])
+        idx1 = matches0[idx0]
+        p = self.conf.model.patch
+        out = {}
+        for name, f, idx in (("0", f0, idx0), ("1", f1, idx1)):
+            t = torch.from_numpy(idx)
+            patches = extract_patches(f["gray"], f["keypoints"][t], f["scales"][t], f["oris"][t], int(p.size),
+                                      float(p.window), int(p.levels))
+            out["patches" + name] = _pad(patches.numpy(), self.k)
+            out["keypoints" + name] = _pad(f["keypoints"][t].numpy(), self.k)
+        out["masks"] = np.arange(self.k) < len(idx0)
+        out["num_keypoints"] = np.array([len(f0["keypoints"]), len(f1["keypoints"])], dtype=np.int64)
+        return out
+
+
+def build_g(handcrafted, max_keypoints: int):
+    """g from a ``handcrafted`` config section with ``max_keypoints``."""
+    from ..extractors import build_extractor
+
+    return build_extractor(handcrafted.name, {**(to_container(handcrafted.conf) or {}),
+                                              "max_keypoints": int(max_keypoints)})
+
+
+@torch.no_grad()
+def describe(g, image: np.ndarray) -> dict:
+    """g on one uint8 RGB image -> keypoints (N, 2), descriptors (N, D), scales (N,), oris (N,), gray
+    (1, 1, H, W) float."""
+    t = image_to_tensor(image)
+    pred = g({"image": t})
+    if "scales" not in pred or "oris" not in pred:
+        raise ConfigError(f"handcrafted {g.name!r} gives no keypoint scales and orientations")
+    return {"keypoints": pred["keypoints"][0], "descriptors": pred["descriptors"][0].float(),
+            "scales": pred["scales"][0], "oris": pred["oris"][0], "gray": rgb_to_gray(t)}
+
+
+# ------------------------------------------------------------------------------------------------------ task
+class PatchResidualTask(loop.TrainingTask):
+    """Data, loss, validation and fusion fit of the residual descriptor v2 for :func:`loop.train`."""
+
+    def __init__(self, conf):
+        self.conf = conf = resolve_conf(default_conf, conf, "")
+        d = conf.data
+        if len(d.image_size) != 2 or min(int(v) for v in d.image_size) < 32:
+            raise ConfigError(f"data.image_size must be [H, W] with sides >= 32, got {list(d.image_size)}")
+        if int(d.pairs_per_step) < 1 or int(d.max_positives) < 2 or int(d.num_workers) < 0:
+            raise ConfigError("data.pairs_per_step must be >= 1, data.max_positives >= 2, data.num_workers >= 0")
+        if not 0.0 <= float(d.rotation) <= 180.0:
+            raise ConfigError(f"data.rotation must be in [0, 180] degrees, got {d.rotation}")
+        if int(conf.val.fusion_steps) < 2:
+            raise ConfigError(f"val.fusion_steps must be >= 2, got {conf.val.fusion_steps}")
+        unknown = [p for p in conf.val.presets if p not in homographies.PRESETS]
+        if unknown:
+            raise ConfigError(f"val.presets: unknown preset(s) {unknown}; choose from "
+                              f"{', '.join(homographies.PRESETS)}")
+        if conf.train.num_threads:  # OpenCV's pool too: "one thread" means one core for the whole run
+            cv2.setNumThreads(int(conf.train.num_threads))
+        self.model = PatchResidualNet(conf.model)
+        photos = [p for folder in d.photos for p in list_images(folder)]
+        self.dataset = PatchPairStream(photos, conf, seed=int(conf.train.seed))
+        if self.dataset.g.descriptor_dim != int(conf.model.g_dim):
+            raise ConfigError(f"handcrafted '{conf.handcrafted.name}' gives {self.dataset.g.descriptor_dim}-d "
+                              f"descriptors but model.g_dim is {conf.model.g_dim}")
+        self.val_pairs = self._make_val_pairs() if conf.val.photos else []
+        self._g_metrics = None
+
+    # ------------------------------------------------------------------------------------------------ data
+    def batches(self, start_step: int) -> Iterator[dict]:
+        # spawn: workers run OpenCV (see loop.iterate_batches)
+        return loop.iterate_batches(self.dataset, self.conf.data.pairs_per_step, self.conf.data.num_workers,
+                                    start_step, multiprocessing_context="spawn")
+
+    def _make_val_pairs(self) -> list[dict]:
+        c = self.conf.val
+        g = build_g(self.conf.handcrafted, int(c.max_keypoints))
+        out = []
+        for k, preset in enumerate(c.presets):
+            pairs = SyntheticHomographyPairs(c.photos, {
+                "seed": int(c.seed) + k, "role": "select", "max_images": int(c.num_pairs), "crop": "center",
+                "resize": list(c.image_size), **preset_conf(preset)})
+            for item in pairs:
+                f0, f1 = describe(g, item["image0"]), describe(g, item["image1"])
+                for f in (f0, f1):  # grey images as uint8: a quarter of the memory, patches cut at each validation
+                    f["gray"] = (f["gray"] * 255).round().to(torch.uint8)
+                out.append({"preset": preset, "views": (f0, f1), "H_0to1": item["H_0to1"]})
+        return out
+
+    # ------------------------------------------------------------------------------------------------ steps
+    def set_compute(self, dtype: str, channels_last: bool) -> None:
+        self.model.h.set_channels_last(channels_last)
+
+    def training_step(self, batch: dict, step: int):
+        masks = batch["masks"]
+        pair_ids = torch.arange(masks.shape[0], device=masks.device)[:, None].expand_as(masks)[masks]
+        p0, p1 = batch["patches0"][masks], batch["patches1"][masks]
+        k0, k1 = batch["keypoints0"][masks].float(), batch["keypoints1"][masks].float()
+        d = self.model.h(torch.cat([p0, p1]))  # one pass: BatchNorm sees both images' statistics
+        desc0, desc1 = d[: len(p0)], d[len(p0):]
+        r = float(self.conf.loss.negative_radius)
+        same = pair_ids[:, None] == pair_ids[None, :]
+        near = (torch.cdist(k0, k0, compute_mode="donot_use_mm_for_euclid_dist") < r) | \
+            (torch.cdist(k1, k1, compute_mode="donot_use_mm_for_euclid_dist") < r)
+        loss, metrics = hardest_in_batch_loss(desc0, desc1, exclude=same & near, margin=float(self.conf.loss.margin))
+        metrics["positives_per_pair"] = masks.sum(1).float().mean()
+        metrics["keypoints_per_image"] = batch["num_keypoints"].float().mean()
+        return loss, metrics
+
+    # ------------------------------------------------------------------------------------------- validation
+    def _describe_val(self, view: dict) -> torch.Tensor:
+        dev = self.model.fusion.device
+        gray = view["gray"].to(dev).float() / 255.0
+        patches = self.model.patches(gray, view["keypoints"].to(dev), view["scales"].to(dev), view["oris"].to(dev))
+        return self.model.h(patches).float().cpu()
+
+    def validate(self) -> dict[str, float]:
+        from ..eval.metrics import mma
+        from ..matching import match_descriptors
+
+        if not self.val_pairs:
+            return {}
+        c = self.conf.val
+        thr = float(c.threshold)
+        phis = np.linspace(0.0, math.pi / 2, int(c.fusion_steps))
+        scores = np.zeros((len(self.val_pairs), len(phis)))  # MMA@thr of pair i under angle j
+        saved = self.model.fusion.clone()
+        try:
+            for i, pair in enumerate(self.val_pairs):
+                f0, f1 = pair["views"]
+                if len(f0["keypoints"]) == 0 or len(f1["keypoints"]) == 0:
+                    continue  # no match: MMA 0 for every fusion
+                h0, h1 = self._describe_val(f0), self._describe_val(f1)
+                for j, phi in enumerate(phis):
+                    self.model.set_fusion(*fusion_from_angle(phi))  # the extractor's own fusion code path
+                    m0, _ = match_descriptors(self.model.fuse(f0["descriptors"], h0),
+                                              self.model.fuse(f1["descriptors"], h1), mutual=True)
+                    scores[i, j] = mma(f0["keypoints"].numpy(), f1["keypoints"].numpy(), m0.numpy(), pair["H_0to1"],
+                                       thresholds=(thr,))[0]
+        finally:
+            self.model.fusion.copy_(saved)
+        best = int(np.argmax(scores.mean(0)))  # first maximum: ties go to the smaller b
+        a, b = fusion_from_angle(phis[best])
+        self.model.set_fusion(a, b)
+        presets = [p["preset"] for p in self.val_pairs]
+        out = {"fusion_b": b}
+        for tag, rows in [("", slice(None))] + [(f"/{p}", np.array(presets) == p) for p in dict.fromkeys(presets)]:
+            out[f"mma@3{tag}"] = float(scores[rows, best].mean())
+            out[f"g_mma@3{tag}"] = float(scores[rows, 0].mean())
+            out[f"h_mma@3{tag}"] = float(scores[rows, -1].mean())
+        return out
+
+    def save_weights(self, path: Path, info: dict) -> Path:
+        h = self.conf.handcrafted
+        g = {"name": h.name, "conf": {**(to_container(h.conf) or {}), "max_keypoints": int(h.max_keypoints)}}
+        return save_patch_residual_weights(self.model, path, g, extra={"training": info})
+
+
+# ------------------------------------------------------------------------------------------------ CLI hooks
+# add_arguments, apply_arguments, check_conf: those of `featlab train residual` (--photos, --val-photos)
+
+
+def build_task(conf) -> PatchResidualTask:
+    return PatchResidualTask(conf)
+
+
+def check_export(conf, name: str) -> None:
+    check_export_name(name, "residual-sift-v2")
+    if name == "residual-sift-v2" and conf.handcrafted.name != "rootsift":
+        raise ConfigError(f"residual-sift-v2 uses handcrafted='rootsift', this run uses {conf.handcrafted.name!r}")
+
+
+def export_weights(run_dir: str | Path, name: str, which: str = "best") -> Path:
+    """Copy ``RUN_DIR/<which>.safetensors`` (+ sidecar) to ``featlab/weights/<name>.safetensors`` (+ sidecar).
+
+    Raises:
+        InputError: the run has no such weights or they cannot be loaded; ConfigError: a bad name.
+    """
+    src = Path(run_dir) / f"{which}.safetensors"
+    _, meta = load_patch_residual_weights(src)  # validates the pair of files
+    check_export_name(name, "residual-sift-v2")
+    if name == "residual-sift-v2" and meta["handcrafted"]["name"] != "rootsift":
+        raise ConfigError(f"residual-sift-v2 uses handcrafted='rootsift', the weights use "
+                          f"{meta['handcrafted']['name']!r}")
+    return copy_weights(src, WEIGHTS_DIR / f"{name}.safetensors")
+
+
+__all__ = ["default_conf", "PatchResidualTask", "PatchPairStream", "rotation_about_centre", "export_weights"]

@@ -1,0 +1,403 @@
+"""Residual descriptor v2: oriented patches (pixel convention, equivariance), PatchNet, fusion, loss, extractor,
+training end to end."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from featlab.errors import ConfigError, InputError
+from featlab.extractors import build_extractor
+from featlab.extractors.patch_residual import (PatchResidualNet, extract_patches, fused_squared_distances,
+                                               gaussian_pyramid, load_patch_residual_weights,
+                                               patch_sample_points, save_patch_residual_weights)
+from featlab.io.image import image_to_tensor, rgb_to_gray
+from featlab.losses.hardnet import hardest_in_batch_loss
+from featlab.matching import match_descriptors
+from featlab.nn.patchnet import PatchNet
+
+SIZE = 320
+
+
+@pytest.fixture(scope="module")
+def photo():
+    import cv2
+    from skimage.data import astronaut
+
+    return np.ascontiguousarray(cv2.resize(astronaut(), (SIZE, SIZE), interpolation=cv2.INTER_AREA))
+
+
+@pytest.fixture(scope="module")
+def frames(photo):
+    """RootSIFT keypoints of the photo with their frames."""
+    pred = build_extractor("rootsift", {"max_keypoints": 300})({"image": image_to_tensor(photo)})
+    return pred["keypoints"][0], pred["scales"][0], pred["oris"][0]
+
+
+def _similarity(theta: float, scale: float, size: int) -> np.ndarray:
+    """Rotation by theta (deg, x towards y) and scaling about the photo centre, landing at the centre of a
+    size x size image (featlab pixels)."""
+    t = np.deg2rad(theta)
+    R = scale * np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+    H = np.eye(3)
+    H[:2, :2] = R
+    H[:2, 2] = np.array([size / 2.0] * 2) - R @ np.array([SIZE / 2.0] * 2)
+    return H
+
+
+@pytest.fixture(scope="module")
+def calibrated_net(photo, frames):
+    """An untrained PatchResidualNet whose BatchNorm statistics come from the photo's patches: with the default
+    statistics (mean 0, var 1) an untrained net maps every patch to nearly one vector (cosine ~0.99 between
+    unrelated patches), which would make any invariance test pass."""
+    torch.manual_seed(0)
+    net = PatchResidualNet()
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None  # cumulative average: one pass sets the statistics
+    with torch.no_grad():
+        net.train()
+        net.h(net.patches(rgb_to_gray(image_to_tensor(photo)), *frames))
+    return net.eval()
+
+
+# ----------------------------------------------------------------------------------------------- patches
+class TestPatchGeometry:
+    def test_sample_points_hand_checked(self):
+        kp = torch.tensor([[10.0, 20.0], [5.0, 5.0]])
+        pts = patch_sample_points(kp, torch.tensor([2.0, 4.0]), torch.tensor([0.0, 90.0]), 4, 2.0).view(2, 4, 4, 2)
+        # side 4 px, 4 samples: 1 px apart, the first 1.5 px before the centre along each axis
+        torch.testing.assert_close(pts[0, 0, 0], torch.tensor([8.5, 18.5]))
+        torch.testing.assert_close(pts[0, 0, 1], torch.tensor([9.5, 18.5]))  # columns along x
+        torch.testing.assert_close(pts[0, 1, 0], torch.tensor([8.5, 19.5]))  # rows along y
+        # kp.angle 90: columns run along +y (OpenCV's angle, x towards y), rows along -x; side 8, step 2
+        torch.testing.assert_close(pts[1, 0, 0], torch.tensor([8.0, 2.0]))
+        torch.testing.assert_close(pts[1, 0, 1], torch.tensor([8.0, 4.0]))
+        torch.testing.assert_close(pts[1, 1, 0], torch.tensor([6.0, 2.0]))
+        torch.testing.assert_close(pts.mean((1, 2)), kp)  # centred on the keypoint
+
+    def test_pyramid_levels_sit_on_featlab_pixel_centres(self):
+        # a linear ramp is kept by any symmetric blur: level l pixel (i, j) must hold the ramp at its centre
+        # ((j + 0.5) 2^l, (i + 0.5) 2^l) in image pixels (away from the replicated border)
+        h, w = 70, 90  # not multiples of 2^(levels-1): padded inside
+        ys, xs = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+        ramp = (0.01 * xs + 0.02 * ys)[None, None].double()
+        maps, (hp, wp) = gaussian_pyramid(ramp, 4)
+        assert (hp, wp) == (72, 96) and [tuple(m.shape[-2:]) for m in maps] == [(72, 96), (36, 48), (18, 24), (9, 12)]
+        for lv, m in enumerate(maps[1:], 1):
+            s = 2 ** lv
+            cy, cx = torch.meshgrid((torch.arange(m.shape[-2]) + 0.5) * s, (torch.arange(m.shape[-1]) + 0.5) * s,
+                                    indexing="ij")
+            inner = (cx > 3 * s) & (cy > 3 * s) & (cx < w - 3 * s) & (cy < h - 3 * s)
+            assert inner.sum() > 0
+            torch.testing.assert_close(m[0, 0][inner], (0.01 * cx + 0.02 * cy)[inner].double())
+
+    def test_patches_read_the_image_at_the_sample_points(self):
+        h, w = 64, 80
+        ys, xs = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+        ramp = (0.01 * xs + 0.02 * ys)[None, None]
+        kp = torch.tensor([[40.3, 30.7], [35.0, 33.0]])
+        size, angle = torch.tensor([3.0, 1.5]), torch.tensor([33.0, 250.0])
+        patches = extract_patches(ramp, kp, size, angle, patch_size=8, window=2.0, levels=3)
+        pts = patch_sample_points(kp, size, angle, 8, 2.0)
+        torch.testing.assert_close(patches.view(2, -1), 0.01 * pts[..., 0] + 0.02 * pts[..., 1], atol=1e-5, rtol=0)
+
+    def test_large_keypoints_read_a_coarser_level(self):
+        # a fine checkerboard (period 2 px) averages to grey at the scale of a large keypoint: a patch sampled
+        # from the full-resolution image instead would alias into stripes
+        board = ((torch.arange(128)[:, None] + torch.arange(128)[None]) % 2).float()[None, None]
+        patch = extract_patches(board, torch.tensor([[64.0, 64.0]]), torch.tensor([8.0]), torch.tensor([10.0]),
+                                patch_size=32, window=7.5)
+        assert patch.std() < 0.05 and abs(patch.mean() - 0.5) < 0.05
+        aliased = extract_patches(board, torch.tensor([[64.0, 64.0]]), torch.tensor([8.0]), torch.tensor([10.0]),
+                                  patch_size=32, window=7.5, levels=1)
+        assert aliased.std() > 0.1  # measured 0.17 (0.5 is a full-contrast board)
+
+    def test_no_keypoints(self):
+        out = extract_patches(torch.rand(1, 1, 32, 32), torch.zeros(0, 2), torch.zeros(0), torch.zeros(0))
+        assert out.shape == (0, 1, 32, 32)
+
+
+# ---------------------------------------------------------------------------------------------- invariance
+def _views(photo, frames, net, theta, scale, rotate_frames=True):
+    from featlab.datasets.synthetic import warp_image
+    from featlab.geometry.homography import warp_points_homography
+
+    size = int(round(SIZE * max(scale, 1.0)))
+    H = _similarity(theta, scale, size)
+    image1 = warp_image(photo, H, (size, size))
+    kp0, s0, a0 = frames
+    kp1 = torch.from_numpy(np.asarray(warp_points_homography(kp0.double().numpy(), H))).float()
+    # keypoints whose whole patch lies inside the photo (both views then see the same content)
+    half = 7.5 * s0 * 0.71
+    inside = ((kp0 - half[:, None]) > 0).all(1) & ((kp0 + half[:, None]) < SIZE).all(1)
+    assert inside.sum() > 100
+    with torch.no_grad():
+        d0 = net.h(net.patches(rgb_to_gray(image_to_tensor(photo)), kp0[inside], s0[inside], a0[inside]))
+        a1 = a0 + theta if rotate_frames else a0
+        d1 = net.h(net.patches(rgb_to_gray(image_to_tensor(image1)), kp1[inside], s0[inside] * scale,
+                               a1[inside]))
+    return d0, d1
+
+
+class TestInvariance:
+    @pytest.mark.parametrize("theta,scale", [(90.0, 1.0), (30.0, 1.0), (0.0, 1.5), (30.0, 1.5)])
+    def test_h_at_ground_truth_frames_is_nearly_the_same(self, photo, frames, calibrated_net, theta, scale):
+        d0, d1 = _views(photo, frames, calibrated_net, theta, scale)
+        cos = (d0 * d1).sum(1)
+        assert cos.median() > 0.9, cos.median()  # measured 0.98-1.00
+        assert (d0 * d1.roll(1, 0)).sum(1).median() < 0.6  # while unrelated patches stay apart (measured ~0.38)
+        nn_correct = ((d0 @ d1.T).argmax(1) == torch.arange(len(d0))).float().mean()
+        assert nn_correct > 0.85, nn_correct  # measured 0.93-1.0 (misses: SIFT's copies of a location)
+
+    def test_frames_without_the_rotation_do_not_match(self, photo, frames, calibrated_net):
+        # the same check fails when the patch ignores the keypoint's orientation: the test above has teeth
+        d0, d1 = _views(photo, frames, calibrated_net, 30.0, 1.0, rotate_frames=False)
+        assert (d0 * d1).sum(1).median() < 0.7  # measured 0.46
+
+
+# ------------------------------------------------------------------------------------------------- network
+class TestNetwork:
+    def test_patchnet_shapes_unit_norm_and_contrast_invariance(self):
+        torch.manual_seed(0)
+        net = PatchNet().eval()
+        x = torch.rand(7, 1, 32, 32)
+        d = net(x)
+        assert d.shape == (7, 128) and d.dtype == torch.float32
+        torch.testing.assert_close(d.norm(dim=1), torch.ones(7))
+        # per-patch normalisation (up to its eps, 1e-3 of the std)
+        torch.testing.assert_close(net(0.5 * x + 0.2), d, atol=2e-3, rtol=0)
+        with pytest.raises(ValueError, match="patches must be"):
+            net(torch.rand(2, 1, 16, 16))
+
+    def test_folded_and_channels_last_give_the_same_descriptors(self):
+        from featlab.nn import fold_batchnorm
+
+        torch.manual_seed(0)
+        net = PatchNet()
+        net.train()
+        net(torch.rand(64, 1, 32, 32))  # non-trivial running statistics
+        net.eval()
+        x = torch.rand(5, 1, 32, 32)
+        ref = net(x)
+        folded = fold_batchnorm(net).set_channels_last(True)
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+        torch.testing.assert_close(folded(x), ref, atol=1e-5, rtol=0)
+
+    def test_bad_config(self):
+        with pytest.raises(ConfigError, match="multiple of 8"):
+            PatchResidualNet({"patch": {"size": 30}})
+        with pytest.raises(ConfigError, match="window"):
+            PatchResidualNet({"patch": {"window": 0.0}})
+        with pytest.raises(ConfigError, match="unknown config key"):
+            PatchResidualNet({"patch": {"sise": 32}})
+
+
+class TestFusion:
+    def test_fused_distance_formula(self):
+        torch.manual_seed(0)
+        net = PatchResidualNet()
+        net.set_fusion(0.6, 0.8)
+        g0, g1, h0, h1 = (F.normalize(torch.randn(5, 128), dim=1) for _ in range(4))
+        f0, f1 = net.fuse(g0, h0), net.fuse(g1, h1)
+        torch.testing.assert_close(f0.norm(dim=1), torch.ones(5))
+        dg2, dh2 = torch.cdist(g0, g1) ** 2, torch.cdist(h0, h1) ** 2
+        torch.testing.assert_close(torch.cdist(f0, f1) ** 2, fused_squared_distances(dg2, dh2, 0.6, 0.8),
+                                   atol=1e-5, rtol=0)
+        with pytest.raises(ValueError):
+            net.set_fusion(-1.0, 1.0)
+
+    def test_b_zero_matches_exactly_as_g(self, photo, weights_file):
+        from featlab.datasets.synthetic import warp_image
+
+        image1 = warp_image(photo, _similarity(25.0, 0.9, SIZE), (SIZE, SIZE))
+        g = build_extractor("rootsift", {"max_keypoints": 200})
+        fused = build_extractor("residual-sift-v2", {"weights": str(weights_file), "max_keypoints": 200})
+        assert fused.net.fusion.tolist() == [1.0, 0.0]  # an unfitted model
+        preds = {}
+        for name, ext in (("g", g), ("fused", fused)):
+            p0, p1 = (ext({"image": image_to_tensor(im)}) for im in (photo, image1))
+            preds[name] = (p0, p1, match_descriptors(p0["descriptors"][0], p1["descriptors"][0])[0])
+        torch.testing.assert_close(preds["fused"][0]["keypoints"], preds["g"][0]["keypoints"])
+        assert torch.equal(preds["fused"][2], preds["g"][2])
+        assert (preds["g"][2] >= 0).sum() > 50
+        # with b > 0 the learned part changes the matching (so the equality above is not vacuous)
+        fused.net.set_fusion(0.5, 0.87)
+        d0, d1 = (fused({"image": image_to_tensor(im)})["descriptors"][0] for im in (photo, image1))
+        assert not torch.equal(match_descriptors(d0, d1)[0], preds["g"][2])
+
+
+# ---------------------------------------------------------------------------------------------------- loss
+class TestLoss:
+    def test_lower_for_matching_than_for_shuffled_pairs(self):
+        torch.manual_seed(0)
+        a = F.normalize(torch.randn(64, 128), dim=1)
+        p = F.normalize(a + 0.1 * torch.randn(64, 128), dim=1)
+        loss, metrics = hardest_in_batch_loss(a, p)
+        shuffled, m_shuffled = hardest_in_batch_loss(a, p[torch.randperm(64)])
+        assert loss < 0.5 * shuffled
+        assert metrics["mutual_nn_accuracy"] == 1.0 and m_shuffled["mutual_nn_accuracy"] < 0.2
+        # hand-checked: identical pairs, negatives orthogonal (distance sqrt 2): hinge 1 + 0 - 1.414 < 0
+        eye = torch.eye(4, 8)
+        zero, _ = hardest_in_batch_loss(eye, eye)
+        assert float(zero) == 0.0
+
+    def test_excluded_negatives_are_ignored(self):
+        a = torch.eye(3, 8)
+        p = a.clone()
+        p[1] = a[0]  # row 1's positive is a copy of row 0's: the hardest negative of pair 0 at distance 0
+        hard, _ = hardest_in_batch_loss(a, p)
+        exclude = torch.zeros(3, 3, dtype=torch.bool)
+        exclude[0, 1] = exclude[1, 0] = True
+        eased, _ = hardest_in_batch_loss(a, p, exclude=exclude)
+        assert hard > eased
+
+    def test_a_few_steps_lower_it(self, photo, frames):
+        # positives: the photo's patches against those of a rotated, scaled view at ground-truth frames
+        from featlab.datasets.synthetic import warp_image
+        from featlab.geometry.homography import warp_points_homography
+
+        H = _similarity(40.0, 1.2, SIZE)
+        image1 = warp_image(photo, H, (SIZE, SIZE))
+        kp0, s0, a0 = frames
+        kp1 = torch.from_numpy(np.asarray(warp_points_homography(kp0.double().numpy(), H))).float()
+        ok = torch.nonzero(((kp1 > 10) & (kp1 < SIZE - 10)).all(1))[:96, 0]
+        net = PatchResidualNet()
+        p0 = net.patches(rgb_to_gray(image_to_tensor(photo)), kp0[ok], s0[ok], a0[ok])
+        p1 = net.patches(rgb_to_gray(image_to_tensor(image1)), kp1[ok], s0[ok] * 1.2, a0[ok] + 40.0)
+        torch.manual_seed(0)
+        h = PatchNet()
+        opt = torch.optim.Adam(h.parameters(), lr=1e-3)
+        losses = []
+        for _ in range(6):
+            d = h(torch.cat([p0, p1]))
+            loss, _ = hardest_in_batch_loss(d[: len(p0)], d[len(p0):])
+            opt.zero_grad()
+            loss.backward()
+            assert all(torch.isfinite(q.grad).all() for q in h.parameters() if q.grad is not None)
+            opt.step()
+            losses.append(loss.item())
+        assert losses[-1] < 0.8 * losses[0], losses
+
+
+# ----------------------------------------------------------------------------------------------- extractor
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "v2.safetensors"
+    return save_patch_residual_weights(PatchResidualNet(), path, {"name": "rootsift", "conf": {}})
+
+
+class TestExtractor:
+    def test_data_contract(self, photo, weights_file):
+        ext = build_extractor("residual-sift-v2", {"weights": str(weights_file), "max_keypoints": 150})
+        flat = np.full_like(photo, 128)  # few or no keypoints: padded in the batch
+        image = torch.cat([image_to_tensor(photo), image_to_tensor(flat)])
+        pred = ext({"image": image})
+        b, n = pred["keypoints"].shape[:2]
+        assert b == 2 and n == 150 and ext.descriptor_dim == 256
+        assert pred["descriptors"].shape == (2, n, 256) and pred["descriptors"].dtype == torch.float32
+        assert pred["keypoint_scores"].shape == (2, n) and pred["image_size"].tolist() == [[SIZE, SIZE]] * 2
+        masks = pred["keypoint_masks"]
+        torch.testing.assert_close(pred["descriptors"][masks].norm(dim=-1), torch.ones(int(masks.sum())))
+        assert (pred["descriptors"][~masks] == 0).all()
+        # the first image alone gives the same descriptors
+        alone = ext({"image": image[:1]})
+        torch.testing.assert_close(alone["descriptors"][0], pred["descriptors"][0][masks[0]], atol=1e-5, rtol=0)
+        # grey input is accepted
+        assert ext({"image": image[:1].mean(1, keepdim=True)})["descriptors"].shape[-1] == 256
+
+    def test_missing_default_weights_say_how_to_train(self):
+        from featlab.extractors.patch_residual import WEIGHTS_DIR
+
+        if (WEIGHTS_DIR / "residual-sift-v2.safetensors").is_file():
+            pytest.skip("residual-sift-v2 weights are shipped")
+        with pytest.raises(InputError, match="train them with `featlab train residual-v2"):
+            build_extractor("residual-sift-v2")
+
+    def test_weights_roundtrip_and_errors(self, weights_file, tmp_path):
+        net, meta = load_patch_residual_weights(weights_file)
+        assert meta["handcrafted"]["name"] == "rootsift" and meta["fusion"] == [1.0, 0.0]
+        assert net.fusion.tolist() == [1.0, 0.0]
+        with pytest.raises(InputError, match="not found"):
+            build_extractor("residual-sift-v2", {"weights": str(tmp_path / "missing.safetensors")})
+        with pytest.raises(ConfigError, match="trained with handcrafted='rootsift'"):
+            build_extractor("residual-sift-v2", {"weights": str(weights_file), "handcrafted": "sift"})
+        bad = tmp_path / "bad.safetensors"
+        bad.write_bytes(b"junk")
+        bad.with_suffix(".json").write_text(json.dumps({"format": "featlab-residual/1", "model": {}}))
+        with pytest.raises(InputError, match="not a featlab sidecar"):
+            build_extractor("residual-sift-v2", {"weights": str(bad)})
+
+
+# ------------------------------------------------------------------------------------------------ training
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    import cv2
+    from skimage import data
+
+    folder = tmp_path_factory.mktemp("photos")
+    for name in ("astronaut", "coffee", "chelsea"):
+        cv2.imwrite(str(folder / f"{name}.png"), cv2.resize(getattr(data, name)(), (192, 144))[..., ::-1])
+    return folder
+
+
+TINY = ["data.image_size=[96,128]", "handcrafted.max_keypoints=100", "data.pairs_per_step=2",
+        "data.max_positives=16", "val.num_pairs=1", "val.presets=[moderate]", "val.image_size=[96,128]",
+        "val.max_keypoints=100", "val.fusion_steps=3", "train.progress=false", "train.log_every=1",
+        "train.num_threads=null", "train.val_every=2", "train.checkpoint_every=1"]
+
+
+def test_training_runs_checkpoints_resumes_and_exports(photos, tmp_path, monkeypatch, capsys):
+    import featlab.training.patch_residual as task_module
+    from featlab.cli import main
+    from featlab.training.loop import read_metrics
+
+    monkeypatch.setattr(task_module, "WEIGHTS_DIR", tmp_path / "weights")
+    run = tmp_path / "run"
+    base = ["train", "residual-v2", "--photos", str(photos), "--val-photos", str(photos), "-o", str(run)]
+    assert main(base + [*TINY, "train.max_steps=2"]) == 0
+    assert (run / "checkpoints" / "last.pt").is_file()
+    records = read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in records if r["kind"] == "val"] == [0, 2]
+    val = records[0]
+    assert {"val/mma@3", "val/g_mma@3", "val/h_mma@3", "val/fusion_b", "val/mma@3/moderate"} <= set(val)
+    # the fitted fusion is at least as good as g alone on the selection pairs (b = 0 is on the grid)
+    assert all(r["val/mma@3"] >= r["val/g_mma@3"] for r in records if r["kind"] == "val")
+    assert all(np.isfinite(r["loss"]) for r in records if r["kind"] == "train")
+    side = json.loads((run / "best.json").read_text())
+    assert side["handcrafted"]["name"] == "rootsift" and len(side["fusion"]) == 2
+    capsys.readouterr()
+    # resume: continues from step 2
+    assert main(["train", "residual-v2", "-o", str(run), "--resume", "train.max_steps=3", "--export",
+                 "residual-sift-v2"]) == 0
+    assert max(r["step"] for r in read_metrics(run / "metrics.jsonl")) == 3
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["step"] == 3
+    exported = tmp_path / "weights" / "residual-sift-v2.safetensors"
+    assert exported.is_file()
+    ext = build_extractor("residual-sift-v2", {"weights": str(exported), "max_keypoints": 40})
+    assert ext({"image": torch.rand(1, 3, 64, 80)})["descriptors"].shape[-1] == 256
+
+
+def test_training_warps_reach_180_degrees_and_both_zoom_directions(photos):
+    from featlab.conf import load_yaml_with_overrides, resolve_conf
+    from featlab.geometry.homography import local_rotation_scale
+    from featlab.rng import role_rng
+    from featlab.training import patch_residual as tp
+
+    conf = resolve_conf(tp.default_conf, load_yaml_with_overrides(tp.DEFAULT_CONFIG, [
+        f"data.photos=[{photos}]", "val.photos=null", *TINY]))
+    stream = tp.PatchPairStream([photos / "astronaut.png"], conf, seed=0)
+    photo = np.zeros((144, 192, 3), np.uint8)
+    angles, scales = [], []
+    for i in range(60):
+        _, _, H = stream.warped_pair(role_rng(0, "train", i), photo)
+        angle, scale = local_rotation_scale(H, (64.0, 48.0))
+        angles.append(abs(angle))
+        scales.append(scale)
+    assert max(angles) > 120 and min(scales) < 0.8 and max(scales) > 1.3
+    item = stream[0]
+    assert item["patches0"].shape == (16, 1, 32, 32) and item["masks"].dtype == bool
