@@ -107,7 +107,7 @@ class HPatches:
                 raise InputError(f"HPatches sequences not found under {self.root}: {', '.join(missing)} "
                                  f"(available: {', '.join(available[:10]) or 'none'}"
                                  f"{', ...' if len(available) > 10 else ''})")
-        excluded = set(self.conf.exclude)
+        excluded = set(self.conf.exclude or ())
         if sequences is not None and excluded.intersection(names):
             raise ConfigError(f"HPatches sequences asked for but excluded: {', '.join(sorted(excluded & set(names)))}")
         names = [s for s in names if s not in excluded]

@@ -314,10 +314,15 @@ def protocol_line(result: dict) -> str:
             text += (f", the 108-sequence list (the 8 high-resolution sequences excluded; "
                      f"{len(source.get('sequences', []))} sequence(s) present here)")
     else:
-        how = ("exactly (aspect ratio not kept)" if conf["resize_mode"] == "exact"
-               else f"with the aspect ratio kept, longest side {max(size)}")
-        text = (f"Protocol **resized** (residual-descriptor paper): images resized to {size[0]}x{size[1]} (HxW) "
-                f"{how}, GT homography adapted, top {k} keypoints")
+        if source.get("kind") == "synthetic":
+            how = (f"pairs made at {size[0]}x{size[1]} (HxW; each photo scaled to cover it, aspect ratio kept, then "
+                   f"cropped)")
+        elif conf["resize_mode"] == "exact":
+            how = f"images resized to exactly {size[0]}x{size[1]} (HxW, aspect ratio not kept), GT homography adapted"
+        else:
+            how = (f"images resized with the aspect ratio kept, longest side {max(size)} (setting "
+                   f"{size[0]}x{size[1]}), GT homography adapted")
+        text = f"Protocol **resized** (residual-descriptor paper): {how}, top {k} keypoints"
     if source.get("preset"):
         text += f". Warps: preset **{source['preset']}**: {source['warps']}"
         text += "; photometric changes on" if source.get("photometric", True) else "; no photometric change"
