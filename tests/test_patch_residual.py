@@ -230,6 +230,18 @@ class TestFusion:
         assert not torch.equal(match_descriptors(d0, d1)[0], preds["g"][2])
 
 
+def test_fusion_fit_never_trades_correct_matches_for_precision():
+    from featlab.training.patch_residual import fit_fusion
+
+    # columns: b = 0 (g), a mix, h alone. h alone has the best MMA but on half the matches: it loses
+    mma = np.array([[0.80, 0.84, 0.95], [0.70, 0.74, 0.90]])
+    matches = np.array([[100, 100, 40], [200, 200, 90]])
+    assert fit_fusion(mma, matches) == 1
+    assert fit_fusion(mma, matches, min_correct=0.0) == 2  # plain MMA maximisation
+    assert fit_fusion(np.full((2, 3), 0.5), matches) == 0  # ties go to g
+    assert fit_fusion(mma[:, [0, 2]], matches[:, [0, 2]]) == 0  # nothing qualifies: g
+
+
 # ---------------------------------------------------------------------------------------------------- loss
 class TestLoss:
     def test_lower_for_matching_than_for_shuffled_pairs(self):
