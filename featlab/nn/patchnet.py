@@ -1,7 +1,8 @@
 """PatchNet: a small CNN that describes grey 32 x 32 patches (oriented, scale-normalised keypoint patches).
 
 Built for a CPU budget: 1000 patches in about 40 ms on one AVX2 core (float32, BatchNorm folded), far below
-HardNet's ~39 M multiply-adds per patch (this net: 0.63 M, 275 k parameters). Layout (``channels = [c0, c1, c2, c3]``, P = 32)::
+HardNet's ~39 M multiply-adds per patch (this net: 0.63 M, 275 k parameters). Layout (``channels = [c0, c1, c2,
+c3]``, P = 32)::
 
     per-patch normalisation (x - mean) / (std + eps)          as HardNet: contrast and brightness removed
     conv3x3 stride 2, 1 -> c0, BN, ReLU                         P/2
