@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..conf import resolve_conf
+from ..conf import none_or, resolve_conf
 from ..geometry.homography import rescale_homography
 from ..io.text import read_matrix_file
 from ..errors import ConfigError, InputError
@@ -27,7 +27,8 @@ from ..io.image import IMAGE_EXTENSIONS, read_image, resize_image
 from ..pixels import homography_from_opencv
 
 default_conf = {
-    "resize": None,  # None: native size; int: longest side; [H, W]: exact size (H_0to1 is adapted to match)
+    "resize": none_or(int, list),  # None: native size; int: longest side; [H, W]: exact size (H_0to1 is
+    # adapted to match)
     "exclude": [],  # sequence names left out (absent ones are fine), e.g. D2NET_EXCLUDED
 }
 

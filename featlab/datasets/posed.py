@@ -40,6 +40,7 @@ from ..errors import ConfigError, InputError
 from ..geometry.pose import rotation_angle
 from ..io.atomic import atomic_write_text
 from ..io.image import as_rgb_uint8, read_image, resize_exact
+from ..pixels import from_opencv
 from .rgbd import read_pairs_file
 
 logger = logging.getLogger(__name__)
@@ -135,8 +136,8 @@ def resize_depth_nearest(depth: np.ndarray, size) -> np.ndarray:
     (i, j) takes input pixel ``(floor((i + 0.5) H / H'), floor((j + 0.5) W / W'))`` (no depth mixing at edges)."""
     h, w = depth.shape
     out_h, out_w = int(size[0]), int(size[1])
-    rows = np.minimum(((np.arange(out_h) + 0.5) * (h / out_h)).astype(np.int64), h - 1)
-    cols = np.minimum(((np.arange(out_w) + 0.5) * (w / out_w)).astype(np.int64), w - 1)
+    rows = np.minimum((from_opencv(np.arange(out_h)) * (h / out_h)).astype(np.int64), h - 1)
+    cols = np.minimum((from_opencv(np.arange(out_w)) * (w / out_w)).astype(np.int64), w - 1)
     return np.ascontiguousarray(depth[rows[:, None], cols[None, :]])
 
 

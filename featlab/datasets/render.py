@@ -31,10 +31,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..conf import parse_overrides, resolve_conf, to_container
+from ..conf import none_or, parse_overrides, resolve_conf, to_container
 from ..errors import ConfigError, InputError
 from ..io.atomic import atomic_write_bytes, atomic_write_text
 from ..io.image import as_rgb_uint8, list_images, read_image, resize_exact
+from ..pixels import from_opencv, to_opencv
 from .posed import PosedCollection, invert_rigid
 
 logger = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ default_conf = {
     "max_roll": 8.0,  # largest roll about the viewing direction (degrees)
     "texture_density": 128.0,  # texels per metre of every face's texture
     "max_texture_size": 1024,  # cap of a texture side (px)
-    "photos": None,  # folder of photos for the textures; None: scikit-image's bundled photos
+    "photos": none_or(str, Path),  # folder of photos for the textures; None: scikit-image's bundled photos
     "name": "room",  # the collection is named "synthetic:<name>-<seed>"
 }
 
@@ -241,8 +242,8 @@ def _sample_bilinear(texture: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.nd
     """Bilinear lookup in a float32 (h, w, 3) texture at featlab texel coordinates (x, y) (texel (i, j) centred at
     (j + 0.5, i + 0.5)), clamped at the border. Returns float32 (N, 3)."""
     h, w = texture.shape[:2]
-    x = np.clip(x - 0.5, 0.0, w - 1.0)
-    y = np.clip(y - 0.5, 0.0, h - 1.0)
+    x = np.clip(to_opencv(x), 0.0, w - 1.0)  # texel indices
+    y = np.clip(to_opencv(y), 0.0, h - 1.0)
     x0 = np.minimum(x.astype(np.int64), w - 2) if w > 1 else np.zeros(len(x), np.int64)
     y0 = np.minimum(y.astype(np.int64), h - 2) if h > 1 else np.zeros(len(y), np.int64)
     fx, fy = (x - x0)[:, None], (y - y0)[:, None]
@@ -268,7 +269,7 @@ def render(scene: Scene, K: np.ndarray, T_w2c: np.ndarray, image_size) -> tuple[
     h, w = int(image_size[0]), int(image_size[1])
     T_c2w = invert_rigid(T_w2c)
     R, C = T_c2w[:3, :3], T_c2w[:3, 3]
-    xs, ys = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
+    xs, ys = np.meshgrid(from_opencv(np.arange(w)), from_opencv(np.arange(h)))  # pixel centres
     pix = np.stack([xs.ravel(), ys.ravel(), np.ones(h * w)], 0)  # (3, P)
     d = (R @ np.linalg.inv(K) @ pix).astype(np.float32)  # world ray directions (3, P), camera z component 1
     normals = np.cross(scene.us, scene.vs)
