@@ -50,7 +50,8 @@ from ..io.weights import (SHIPPED_WEIGHTS_DIR, load_state_strict, load_weights, 
 from ..nn import fold_batchnorm
 from ..nn.patchnet import PatchNet
 from ..pixels import pixel_grid, sample_map
-from .base import Extractor, build_extractor, register_extractor
+from .base import Extractor, register_extractor
+from .residual import build_trained_g
 
 FORMAT = "featlab-patch-residual/1"
 TRAIN_HINT = "featlab train residual-v2 -o runs/residual-sift-v2 --export residual-sift-v2"
@@ -252,17 +253,7 @@ class PatchResidualDescriptor(Extractor):
                              + (f"; train them with `{TRAIN_HINT}`" if path.parent == WEIGHTS_DIR else ""))
         self.weights_path = path
         net, meta = load_patch_residual_weights(path)
-        trained_g = meta.get("handcrafted", {})
-        if trained_g.get("name") != conf.handcrafted:
-            raise ConfigError(f"weights {path.name} were trained with handcrafted={trained_g.get('name')!r}, "
-                              f"but this extractor uses handcrafted={conf.handcrafted!r}")
-        g_conf = {k: v for k, v in (trained_g.get("conf") or {}).items() if k != "max_keypoints"}
-        g_conf.update(to_container(conf.handcrafted_conf) or {})
-        g_conf["max_keypoints"] = conf.max_keypoints
-        self.g = build_extractor(conf.handcrafted, g_conf)
-        if self.g.descriptor_dim != int(net.conf.g_dim):
-            raise ConfigError(f"{conf.handcrafted} gives {self.g.descriptor_dim}-d descriptors, the weights expect "
-                              f"{net.conf.g_dim}-d")
+        self.g = build_trained_g(meta, path, conf, net.conf.g_dim)
         net.h = fold_batchnorm(net.h)  # inference only
         for p in net.parameters():
             p.requires_grad_(False)

@@ -287,6 +287,25 @@ def train_hint(name: str) -> str:
             f"{' ' + overrides if overrides else ''} --export {name}")
 
 
+
+def build_trained_g(meta: dict, path, conf, g_dim: int) -> Extractor:
+    """The handcrafted g that weights were trained with (their sidecar ``meta``), with the user's overrides.
+
+    Refuses (ConfigError) weights trained with another g than ``conf.handcrafted`` or with another descriptor size;
+    g's own ``max_keypoints`` is replaced by the extractor's.
+    """
+    trained_g = meta.get("handcrafted", {})
+    if trained_g.get("name") != conf.handcrafted:
+        raise ConfigError(f"weights {Path(path).name} were trained with handcrafted={trained_g.get('name')!r}, "
+                          f"but this extractor uses handcrafted={conf.handcrafted!r}")
+    g_conf = {k: v for k, v in (trained_g.get("conf") or {}).items() if k != "max_keypoints"}
+    g_conf.update(to_container(conf.handcrafted_conf) or {})
+    g_conf["max_keypoints"] = conf.max_keypoints
+    g = build_extractor(conf.handcrafted, g_conf)
+    if g.descriptor_dim != int(g_dim):
+        raise ConfigError(f"{conf.handcrafted} gives {g.descriptor_dim}-d descriptors, the weights expect {g_dim}-d")
+    return g
+
 class ResidualDescriptor(Extractor):
     """g's keypoints, descriptor = normalise(fuse(f(g), h)): handcrafted + learned residual."""
 
@@ -316,17 +335,7 @@ class ResidualDescriptor(Extractor):
             raise InputError(f"residual-descriptor weights not found: {path}")
         self.weights_path = path
         net, meta = load_residual_weights(path)
-        trained_g = meta.get("handcrafted", {})
-        if trained_g.get("name") != conf.handcrafted:
-            raise ConfigError(f"weights {path.name} were trained with handcrafted={trained_g.get('name')!r}, "
-                              f"but this extractor uses handcrafted={conf.handcrafted!r}")
-        g_conf = {k: v for k, v in (trained_g.get("conf") or {}).items() if k != "max_keypoints"}
-        g_conf.update(to_container(conf.handcrafted_conf) or {})
-        g_conf["max_keypoints"] = conf.max_keypoints
-        self.g = build_extractor(conf.handcrafted, g_conf)
-        if self.g.descriptor_dim != net.conf.g_dim:
-            raise ConfigError(f"{conf.handcrafted} gives {self.g.descriptor_dim}-d descriptors, the weights expect "
-                              f"{net.conf.g_dim}-d")
+        self.g = build_trained_g(meta, path, conf, net.conf.g_dim)
         net = fold_batchnorm(net)  # built for inference only (training uses ResidualDescriptorNet itself)
         for p in net.parameters():
             p.requires_grad_(False)
