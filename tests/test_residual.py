@@ -405,7 +405,7 @@ def test_channels_last_default_gives_the_contiguous_descriptors(name, photo):
     from featlab.extractors import extract_image
 
     ext = build_extractor(name, {"max_keypoints": 60})
-    assert ext.conf.channels_last  # the measured-faster default on CPU (docs/RESULTS.md, Speed)
+    assert ext.conf.channels_last  # the measured-faster default on CPU (docs/results/RESULTS-before-issue8.md, Speed)
     ref = extract_image(build_extractor(name, {"max_keypoints": 60, "channels_last": False}), photo, resize=None)
     out = extract_image(ext, photo, resize=None)
     np.testing.assert_allclose(out["descriptors"], ref["descriptors"], atol=1e-5)

@@ -103,7 +103,8 @@ class CAPS(Extractor):
         "detector_conf": none_or(dict),  # overrides of the detector's config (max_keypoints is passed on from here)
         "weights": DEFAULT_WEIGHTS,  # .safetensors path, or the name of a file in featlab/weights/
         # channels_last also in float32: measured 8% faster inference at 480x640 on the 2-core AVX2 CPU
-        # (306 vs 334 ms, docs/RESULTS.md), same descriptors to float rounding
+        # (306 vs 334 ms, before BatchNorm folding;
+        # docs/results/RESULTS-before-issue8.md), same descriptors to float rounding
         "channels_last": True,
     }
 

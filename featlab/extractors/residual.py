@@ -318,7 +318,8 @@ class ResidualDescriptor(Extractor):
         "backend": "torch",  # torch | onnx (onnxruntime, float32)
         "onnx_path": none_or(str, Path),  # ONNX file for backend onnx; null: export the loaded weights to a temp file
         # channels_last also in float32: measured 25% faster inference at 480x640 on the 2-core AVX2 CPU
-        # (566 vs 761 ms, docs/RESULTS.md), same descriptors to float rounding
+        # (566 vs 761 ms, before BatchNorm folding;
+        # docs/results/RESULTS-before-issue8.md), same descriptors to float rounding
         "channels_last": True,
     }
 
