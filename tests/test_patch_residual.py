@@ -15,7 +15,7 @@ from featlab.extractors.patch_residual import (PatchResidualNet, extract_patches
                                                gaussian_pyramid, load_patch_residual_weights,
                                                patch_sample_points, save_patch_residual_weights)
 from featlab.io.image import image_to_tensor, rgb_to_gray
-from featlab.losses.hardnet import hardest_in_batch_loss
+from featlab.losses.hardnet import hardest_in_batch_loss, infonce_loss
 from featlab.matching import match_descriptors
 from featlab.nn.patchnet import PatchNet
 
@@ -267,6 +267,37 @@ class TestLoss:
         eased, _ = hardest_in_batch_loss(a, p, exclude=exclude)
         assert hard > eased
 
+    def test_extra_candidates_compete_in_their_direction_unless_excluded(self):
+        a = torch.eye(3, 8)
+        p = a.clone()
+        base, m_base = hardest_in_batch_loss(a, p)
+        assert float(base) == 0.0 and m_base["mutual_nn_accuracy"] == 1.0
+        extra = a[:1].clone()  # a distractor identical to pair 0's descriptors
+        # in image 1: it ties with p_0 as a_0's nearest (first hinge of pair 0 = margin), the second is untouched
+        loss1, m1 = hardest_in_batch_loss(a, p, extra1=extra)
+        loss0, m0 = hardest_in_batch_loss(a, p, extra0=extra)
+        assert float(loss1) == pytest.approx(0.5 / 3, abs=1e-4) and float(loss0) == pytest.approx(0.5 / 3, abs=1e-4)
+        assert m1["mutual_nn_accuracy"] == pytest.approx(2 / 3) and m0["mutual_nn_accuracy"] == pytest.approx(2 / 3)
+        excl = torch.zeros(3, 1, dtype=torch.bool)
+        excl[0, 0] = True  # e.g. the distractor lies within negative_radius of pair 0's keypoint
+        eased, _ = hardest_in_batch_loss(a, p, extra1=extra, exclude_extra1=excl)
+        assert float(eased) == 0.0
+
+    def test_infonce_ranks_against_all_candidates(self):
+        torch.manual_seed(0)
+        a = F.normalize(torch.randn(32, 16), dim=1)
+        p = F.normalize(a + 0.05 * torch.randn(32, 16), dim=1)
+        loss, metrics = infonce_loss(a, p)
+        shuffled, _ = infonce_loss(a, p[torch.randperm(32)])
+        assert loss < 0.2 * shuffled and metrics["mutual_nn_accuracy"] == 1.0
+        # a distractor copying a_0 in image 1 beats p_0 as a_0's neighbour: the loss rises, unless excluded
+        with_extra, m_extra = infonce_loss(a, p, extra1=a[:1])
+        excl = torch.zeros(32, 1, dtype=torch.bool)
+        excl[0, 0] = True
+        eased, _ = infonce_loss(a, p, extra1=a[:1], exclude_extra1=excl)
+        assert with_extra > loss and m_extra["mutual_nn_accuracy"] == pytest.approx(31 / 32)
+        assert float(eased) == pytest.approx(float(loss), abs=1e-5)  # float32 log-sum-exp of logits ~20
+
     def test_a_few_steps_lower_it(self, photo, frames):
         # positives: the photo's patches against those of a rotated, scaled view at ground-truth frames
         from featlab.datasets.synthetic import warp_image
@@ -360,7 +391,8 @@ def photos(tmp_path_factory):
 TINY = ["data.image_size=[96,128]", "handcrafted.max_keypoints=100", "data.pairs_per_step=2",
         "data.max_positives=16", "val.num_pairs=1", "val.presets=[moderate]", "val.image_size=[96,128]",
         "val.max_keypoints=100", "val.fusion_steps=3", "train.progress=false", "train.log_every=1",
-        "train.num_threads=null", "train.val_every=2", "train.checkpoint_every=1"]
+        "train.num_threads=null", "train.val_every=2", "train.checkpoint_every=1",
+        "loss.fusion_angle=45", "data.max_distractors=8"]
 
 
 def test_training_runs_checkpoints_resumes_and_exports(photos, tmp_path, monkeypatch, capsys):
@@ -392,6 +424,19 @@ def test_training_runs_checkpoints_resumes_and_exports(photos, tmp_path, monkeyp
     assert exported.is_file()
     ext = build_extractor("residual-sift-v2", {"weights": str(exported), "max_keypoints": 40})
     assert ext({"image": torch.rand(1, 3, 64, 80)})["descriptors"].shape[-1] == 256
+
+
+def test_distractors_are_non_positives_g_confusions_first():
+    from featlab.training.patch_residual import distractors
+
+    rng = np.random.default_rng(0)
+    desc = np.eye(6, 8)  # keypoints 0..5 of an image, orthogonal descriptors
+    partner = np.eye(6, 8)[[4, 1]]  # partners of positives 0 and 1: g confuses the first with keypoint 4
+    out = distractors(desc, partner, np.array([0, 1]), 1, rng)
+    assert out.tolist() == [4]  # the confusion first; keypoint 1 (a positive, g's right answer) never
+    out = distractors(desc, partner, np.array([0, 1]), 10, rng)
+    assert out.tolist() == [2, 3, 4, 5]
+    assert distractors(desc, partner, np.array([0, 1]), 0, rng).tolist() == []
 
 
 def test_training_warps_reach_180_degrees_and_both_zoom_directions(photos):

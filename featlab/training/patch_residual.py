@@ -42,6 +42,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..conf import none_or, resolve_conf, to_container
@@ -52,7 +53,7 @@ from ..extractors.patch_residual import (PatchResidualNet, extract_patches, fusi
                                          load_patch_residual_weights, save_patch_residual_weights)
 from ..io.image import image_to_tensor, list_images, read_image, rgb_to_gray
 from ..io.weights import SHIPPED_WEIGHTS_DIR, check_export_name, copy_weights
-from ..losses.hardnet import hardest_in_batch_loss
+from ..losses.hardnet import hardest_in_batch_loss, infonce_loss
 from ..rng import role_rng
 from . import loop
 from .residual import add_arguments, apply_arguments, check_conf, homography_correspondences  # noqa: F401
@@ -77,6 +78,9 @@ default_conf = {
         "image_size": [480, 640],  # [H, W] of both images of a pair (the benchmark setting)
         "pairs_per_step": 3,  # image pairs per optimiser step (their positives form one batch)
         "max_positives": 320,  # positives kept per pair (random subset): up to 3 x 320 per step
+        # other detected keypoints per image used as negatives only (mutual-NN matching meets all of them): first
+        # those g confuses with a kept positive (g's nearest neighbour of its partner), then random ones
+        "max_distractors": 0,
         "match_radius": 2.0,  # px: ground-truth reprojection radius of a positive (mutual nearest under it)
         "rotation": 180.0,  # deg: extra in-plane rotation about the image centre, uniform in +-rotation
         "homography": {**homographies.default_conf, "mode": "overlap", "rotation": 0.0, "scale": [0.5, 2.0],
@@ -99,7 +103,14 @@ default_conf = {
         "min_correct": 1.0,
     },
     "loss": {
-        "margin": 1.0,  # hinge margin (HardNet)
+        # hardest: hardest-in-batch hinge (featlab.losses.hardnet.hardest_in_batch_loss); infonce: softmax over all
+        # candidates (infonce_loss)
+        "kind": "hardest",
+        "margin": 1.0,  # hinge margin (hardest)
+        "temperature": 0.05,  # softmax temperature on cosine similarities (infonce)
+        # deg: the loss sees the fused descriptor L2norm([cos(phi) g, sin(phi) h]) with this fixed phi, so h learns
+        # what g misses; null: h alone
+        "fusion_angle": none_or(float),
         "negative_radius": 3.0,  # px: same-pair keypoints this close to the positive are never negatives
     },
     "train": loop.default_conf,  # optimiser, steps, checkpoints, threads, time budget: featlab.training.loop
@@ -143,7 +154,10 @@ class PatchPairStream(Dataset):
 
         patches0, patches1      float32 (K, 1, P, P) grey patches of the positives in image 0 / image 1
         keypoints0, keypoints1  float32 (K, 2) featlab pixels of those keypoints
+        gdesc0, gdesc1          float32 (K, G) g's descriptors of those keypoints
         masks                   bool (K,): False for padding
+        extra_*0, extra_*1      the same for E = data.max_distractors other keypoints per image (patches,
+                                keypoints, gdesc), extra_masks0, extra_masks1 bool (E,)
         num_keypoints           int64 (2,) g's keypoints in image 0 and image 1
     """
 
@@ -170,6 +184,8 @@ class PatchPairStream(Dataset):
     @property
     def g(self):
         if self._g is None:
+            if self.conf.train.num_threads:  # also in a (spawned) DataLoader worker: one core per process
+                cv2.setNumThreads(int(self.conf.train.num_threads))
             self._g = build_g(self.conf.handcrafted, int(self.conf.handcrafted.max_keypoints))
         return self._g
 
@@ -198,17 +214,49 @@ class PatchPairStream(Dataset):
         if len(idx0) > self.k:
             idx0 = np.sort(rng.permutation(idx0)[: self.k])
         idx1 = matches0[idx0]
+        e = int(self.conf.data.max_distractors)
+        extra0 = distractors(f0["descriptors"].numpy(), f1["descriptors"].numpy()[idx1], idx0, e, rng)
+        extra1 = distractors(f1["descriptors"].numpy(), f0["descriptors"].numpy()[idx0], idx1, e, rng)
         p = self.conf.model.patch
         out = {}
-        for name, f, idx in (("0", f0, idx0), ("1", f1, idx1)):
-            t = torch.from_numpy(idx)
+        for name, f, idx, extra in (("0", f0, idx0, extra0), ("1", f1, idx1, extra1)):
+            t = torch.from_numpy(np.concatenate([idx, extra]))
             patches = extract_patches(f["gray"], f["keypoints"][t], f["scales"][t], f["oris"][t], int(p.size),
-                                      float(p.window), int(p.levels))
-            out["patches" + name] = _pad(patches.numpy(), self.k)
-            out["keypoints" + name] = _pad(f["keypoints"][t].numpy(), self.k)
+                                      float(p.window), int(p.levels)).numpy()
+            n = len(idx)
+            for prefix, rows, size in (("", slice(0, n), self.k), ("extra_", slice(n, None), e)):
+                out[prefix + "patches" + name] = _pad(patches[rows], size)
+                out[prefix + "keypoints" + name] = _pad(f["keypoints"][t[rows]].numpy(), size)
+                out[prefix + "gdesc" + name] = _pad(f["descriptors"][t[rows]].numpy(), size)
+            out["extra_masks" + name] = np.arange(e) < len(extra)
         out["masks"] = np.arange(self.k) < len(idx0)
         out["num_keypoints"] = np.array([len(f0["keypoints"]), len(f1["keypoints"])], dtype=np.int64)
         return out
+
+
+def distractors(desc: np.ndarray, partner_desc: np.ndarray, positives: np.ndarray, n: int,
+                rng: np.random.Generator) -> np.ndarray:
+    """Indices of at most ``n`` keypoints of an image that are not among ``positives``: first those that are g's
+    nearest neighbour of some positive's partner (the wrong matches g would make), then random others.
+
+    Args:
+        desc: (N, G) g's descriptors of the image's keypoints; partner_desc: (M, G) of the positives' partners in
+            the other image; positives: (M,) indices of the positives in this image.
+    Returns:
+        (<= n,) int64 indices, sorted.
+    """
+    free = np.ones(len(desc), bool)
+    free[positives] = False
+    if n <= 0 or not free.any():
+        return np.zeros(0, np.int64)
+    confused = np.zeros(0, np.int64)
+    if len(partner_desc):
+        nearest = (partner_desc @ desc.T).argmax(1)  # unit rows: largest dot product = nearest
+        confused = np.unique(nearest[free[nearest]])
+    confused = rng.permutation(confused)[:n]
+    free[confused] = False
+    rest = rng.permutation(np.nonzero(free)[0])[: n - len(confused)]
+    return np.sort(np.concatenate([confused, rest])).astype(np.int64)
 
 
 def build_g(handcrafted, max_keypoints: int):
@@ -246,6 +294,13 @@ class PatchResidualTask(loop.TrainingTask):
             raise ConfigError(f"data.rotation must be in [0, 180] degrees, got {d.rotation}")
         if int(conf.val.fusion_steps) < 2:
             raise ConfigError(f"val.fusion_steps must be >= 2, got {conf.val.fusion_steps}")
+        if conf.loss.fusion_angle is not None and not 0.0 < float(conf.loss.fusion_angle) <= 90.0:
+            raise ConfigError(f"loss.fusion_angle must be in (0, 90] degrees or null, got {conf.loss.fusion_angle}")
+        if conf.loss.kind not in ("hardest", "infonce") or float(conf.loss.temperature) <= 0:
+            raise ConfigError(f"loss.kind must be hardest or infonce and loss.temperature > 0, got "
+                              f"{conf.loss.kind!r} and {conf.loss.temperature}")
+        if int(d.max_distractors) < 0:
+            raise ConfigError(f"data.max_distractors must be >= 0, got {d.max_distractors}")
         if float(conf.val.min_correct) < 0:
             raise ConfigError(f"val.min_correct must be >= 0, got {conf.val.min_correct}")
         unknown = [p for p in conf.val.presets if p not in homographies.PRESETS]
@@ -290,16 +345,36 @@ class PatchResidualTask(loop.TrainingTask):
 
     def training_step(self, batch: dict, step: int):
         masks = batch["masks"]
-        pair_ids = torch.arange(masks.shape[0], device=masks.device)[:, None].expand_as(masks)[masks]
-        p0, p1 = batch["patches0"][masks], batch["patches1"][masks]
-        k0, k1 = batch["keypoints0"][masks].float(), batch["keypoints1"][masks].float()
-        d = self.model.h(torch.cat([p0, p1]))  # one pass: BatchNorm sees both images' statistics
-        desc0, desc1 = d[: len(p0)], d[len(p0):]
         r = float(self.conf.loss.negative_radius)
-        same = pair_ids[:, None] == pair_ids[None, :]
-        near = (torch.cdist(k0, k0, compute_mode="donot_use_mm_for_euclid_dist") < r) | \
-            (torch.cdist(k1, k1, compute_mode="donot_use_mm_for_euclid_dist") < r)
-        loss, metrics = hardest_in_batch_loss(desc0, desc1, exclude=same & near, margin=float(self.conf.loss.margin))
+        # positives of image 0, of image 1, then distractors of image 0, of image 1: (patches, keypoints, g, mask)
+        groups = [("patches0", "keypoints0", "gdesc0", masks), ("patches1", "keypoints1", "gdesc1", masks)]
+        if "extra_masks0" in batch and batch["extra_masks0"].shape[1]:
+            groups += [("extra_patches0", "extra_keypoints0", "extra_gdesc0", batch["extra_masks0"]),
+                       ("extra_patches1", "extra_keypoints1", "extra_gdesc1", batch["extra_masks1"])]
+        sizes = [int(m.sum()) for *_, m in groups]
+        d = self.model.h(torch.cat([batch[p][m] for p, _, _, m in groups]))  # one pass: one BatchNorm statistic
+        phi = self.conf.loss.fusion_angle
+        if phi is not None:  # the loss sees the fused descriptor: h learns what g misses
+            a, b = fusion_from_angle(math.radians(float(phi)))
+            gd = torch.cat([batch[g][m].float() for _, _, g, m in groups])
+            d = F.normalize(torch.cat([a * gd, b * d], -1), dim=-1)
+        descs = list(torch.split(d, sizes))
+        kpts = [batch[k][m].float() for _, k, _, m in groups]
+        pids = [torch.arange(m.shape[0], device=m.device)[:, None].expand_as(m)[m] for *_, m in groups]
+
+        def blocked(i: int, j: int) -> torch.Tensor:  # same pair and within r px in the image of groups i and j
+            near = torch.cdist(kpts[i], kpts[j], compute_mode="donot_use_mm_for_euclid_dist") < r
+            return near & (pids[i][:, None] == pids[j][None, :])
+
+        extra = {}
+        if len(groups) == 4:
+            extra = {"extra0": descs[2], "extra1": descs[3], "exclude_extra0": blocked(0, 2),
+                     "exclude_extra1": blocked(1, 3)}
+        exclude = blocked(0, 0) | blocked(1, 1)
+        if self.conf.loss.kind == "infonce":
+            loss, metrics = infonce_loss(descs[0], descs[1], exclude, float(self.conf.loss.temperature), **extra)
+        else:
+            loss, metrics = hardest_in_batch_loss(descs[0], descs[1], exclude, float(self.conf.loss.margin), **extra)
         metrics["positives_per_pair"] = masks.sum(1).float().mean()
         metrics["keypoints_per_image"] = batch["num_keypoints"].float().mean()
         return loss, metrics
