@@ -30,7 +30,7 @@ matches (MMA is a precision: without that guard a near-constant h wins by matchi
 model (so every saved weights file carries its fitted fusion; ties go to the smaller b, i.e. towards g).
 Metrics: ``mma@3`` (fused, fitted), ``g_mma@3`` (RootSIFT alone), ``h_mma@3`` (h alone), ``fusion_b`` (b with
 a^2 + b^2 = 1), the same per preset (``mma@3/hard``...), and the mean number of mutual matches and of correct
-ones of each (``matches``, ``correct@3``, ``g_matches``...). The best weights are selected by ``mma@3``.
+ones of each (``matches``, ``correct@3``, ``g_matches``...). ``phi<deg>/mma@3`` and ``phi<deg>/correct@3``: every fusion tried. The best weights are selected by ``mma@3``.
 """
 from __future__ import annotations
 
@@ -426,6 +426,9 @@ class PatchResidualTask(loop.TrainingTask):
         for name, j in (("", best), ("g_", 0), ("h_", -1)):
             out[f"{name}matches"] = float(counts[:, j].mean())
             out[f"{name}correct@3"] = float((scores[:, j] * counts[:, j]).mean())
+        for j, phi in enumerate(phis):  # the whole fit: what each fusion gives (phi = atan(b / a) in degrees)
+            out[f"phi{math.degrees(phi):.0f}/mma@3"] = float(scores[:, j].mean())
+            out[f"phi{math.degrees(phi):.0f}/correct@3"] = float((scores[:, j] * counts[:, j]).mean())
         return out
 
     def save_weights(self, path: Path, info: dict) -> Path:
