@@ -19,9 +19,10 @@ POSE = [("7scenes_400_499", "7-Scenes 400-499"), ("herzjesu", "Herz-Jesus-P25")]
 def load(out: Path) -> dict[str, dict]:
     tables = {}
     for folder, _ in HOMOGRAPHY:
-        path = out / folder / "hpatches_results.json"
-        if path.exists():
-            tables[folder] = json.loads(path.read_text())["methods"]
+        for name in ("hpatches_results.json", "synthetic_results.json"):  # HPatches / synthetic-warp runs
+            path = out / folder / name
+            if path.exists():
+                tables[folder] = json.loads(path.read_text())["methods"]
     for folder, _ in POSE:
         path = out / folder / "relpose_results.json"
         if path.exists():
