@@ -3,7 +3,8 @@
 A component declares ``default_conf`` (a nested dict, a comment per key) and receives only its own section.
 :func:`resolve_conf` merges a user section into the defaults with OmegaConf in struct mode, so a typo such as
 ``max_keypionts`` raises :class:`ConfigError` naming the valid keys, and so does a value of the wrong type (the
-type is the default's; a key whose default is None declares its types with :class:`none_or`). Experiments are YAML
+type is the default's; a key whose default is None declares its types with :class:`none_or`), and so does a value
+outside the range or set of choices a key declares next to its default (:class:`checked`). Experiments are YAML
 files plus ``key.sub=value`` command-line overrides (:func:`load_yaml_with_overrides`); the resolved config is saved
 beside every output (:func:`save_conf`).
 """
@@ -39,6 +40,62 @@ class none_or:  # noqa: N801 - reads as a default value: "ratio": none_or(float)
         return " or ".join(t.__name__ for t in self.types) + " or null"
 
 
+@dataclass(frozen=True)
+class checked:  # noqa: N801 - reads as a default value: "sigma": checked(1.6, gt=0)
+    """A default with declared valid values, checked by :func:`resolve_conf` after the type check.
+
+    ``"sigma": checked(1.6, gt=0)``, ``"n_layers": checked(4, ge=3)``, ``"dtype": checked("float32",
+    choices=("float32", "bfloat16"))``, ``"max_keypoints": checked(2048, ge=1, also=(-1,))`` (-1 is a special
+    value outside the range), ``"resize": checked(none_or(int, list), ge=1)`` (null passes; bounds apply to each
+    element of a list). ``default`` may be a :class:`none_or` marker; it must itself pass the checks.
+    """
+
+    default: Any
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+    choices: tuple | None = None
+    also: tuple = ()
+
+    def __post_init__(self):
+        if self.default is None or isinstance(self.default, (checked, Mapping)):
+            raise TypeError("checked wraps a plain default or a none_or marker")
+        for name in ("choices", "also"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        if not isinstance(self.default, none_or) and self.violation(self.default):
+            raise TypeError(f"default {self.default!r} violates its own constraint ({self.describe()})")
+
+    def describe(self) -> str:
+        if self.choices is not None:
+            return "one of " + ", ".join(map(str, self.choices))
+        parts = [f"{op} {v:g}" for op, v in ((">", self.gt), (">=", self.ge), ("<", self.lt), ("<=", self.le))
+                 if v is not None]
+        text = " and ".join(parts)
+        return text + "".join(f" (or {v})" for v in self.also)
+
+    def violation(self, value) -> str | None:
+        """None when ``value`` is valid, else what it should be (e.g. ``"> 0"``)."""
+        if value is None and isinstance(self.default, none_or) or value in self.also:
+            return None
+        if self.choices is not None:
+            return None if value in self.choices else self.describe()
+        items = value if isinstance(value, (list, tuple)) else [value]
+        for v in items:
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                continue  # the type check has already run; bounds only concern numbers
+            if (self.gt is not None and not v > self.gt) or (self.ge is not None and not v >= self.ge) or \
+                    (self.lt is not None and not v < self.lt) or (self.le is not None and not v <= self.le):
+                return self.describe()
+        return None
+
+
+def _unwrap(default):
+    """The default behind a :class:`checked` marker (itself possibly a :class:`none_or`)."""
+    return default.default if isinstance(default, checked) else default
+
+
 def _is_instance(value, kind: type) -> bool:
     """isinstance for config values: bools are not numbers, ints are floats, tuples are lists."""
     if kind is bool:
@@ -59,15 +116,20 @@ def _check_keys(defaults: Mapping, user: Mapping, where: str, open_keys=()):
         if key not in defaults:
             valid = ", ".join(sorted(map(str, defaults.keys()))) or "(none)"
             raise ConfigError(f"unknown config key '{where}{key}'; valid keys: {valid}")
-        default = defaults[key]
+        rule = defaults[key]
+        default = _unwrap(rule)
         if isinstance(value, Mapping) and isinstance(default, Mapping) and f"{where}{key}" not in open_keys:
             _check_keys(default, value, f"{where}{key}.", open_keys)
-        elif not _compatible(default, value):
-            if isinstance(default, none_or):
-                expected, shown = repr(default), "null"
-            else:
-                expected, shown = type(default).__name__, repr(default)
+            continue
+        if isinstance(default, none_or):
+            expected, shown = repr(default), "null"
+        else:
+            expected, shown = type(default).__name__, repr(default)
+        if not _compatible(default, value):
             raise ConfigError(f"bad value for '{where}{key}': expected {expected} (default {shown}), got {value!r}")
+        why = rule.violation(value) if isinstance(rule, checked) else None
+        if why is not None:
+            raise ConfigError(f"bad value for '{where}{key}': must be {why} (default {shown}), got {value!r}")
 
 
 def _compatible(default, value) -> bool:
@@ -87,9 +149,13 @@ def _compatible(default, value) -> bool:
 
 
 def _plain_defaults(defaults: Mapping) -> dict:
-    """``defaults`` with every :class:`none_or` marker replaced by None (what OmegaConf stores)."""
-    return {k: (None if isinstance(v, none_or) else _plain_defaults(v) if isinstance(v, Mapping) else v)
-            for k, v in defaults.items()}
+    """``defaults`` with every :class:`checked` marker unwrapped and every :class:`none_or` marker replaced by None
+    (what OmegaConf stores)."""
+    out = {}
+    for k, v in defaults.items():
+        v = _unwrap(v)
+        out[k] = None if isinstance(v, none_or) else _plain_defaults(v) if isinstance(v, Mapping) else v
+    return out
 
 
 def resolve_conf(defaults: Mapping, user: Mapping | DictConfig | None = None, name: str = "") -> DictConfig:

@@ -48,11 +48,11 @@ def test_float_hand_made(float_case, mutual, ratio, threshold, expected):
     m, s = match_descriptors(d0, d1, mutual=mutual, ratio=ratio, distance_threshold=threshold)
     assert m.dtype == torch.int64 and m.tolist() == expected
     cos = np.cos(np.deg2rad(np.array(ANGLES0)[:, None] - np.array(ANGLES1)[None]))
-    want = [cos[i, j] if j >= 0 else 0.0 for i, j in enumerate(expected)]
+    want = [(1 + cos[i, j]) / 2 if j >= 0 else 0.0 for i, j in enumerate(expected)]  # hloc's score scale
     np.testing.assert_allclose(s.numpy(), want, atol=1e-6)
 
 
-def test_scores_are_cosine_whatever_the_norm(float_case):
+def test_scores_use_the_cosine_whatever_the_norm(float_case):
     d0, d1 = float_case
     m, s = match_descriptors(d0 * 3.0, d1 * 0.5)
     m_ref, s_ref = match_descriptors(d0, d1)
@@ -107,7 +107,7 @@ B1 = np.array([[0x01, 0x00], [0xFF, 0x01], [0x0F, 0x0E]], dtype=np.uint8)
 def test_binary_hand_made(mutual, ratio, threshold, expected):
     m, s = match_descriptors(B0, B1, mutual=mutual, ratio=ratio, distance_threshold=threshold, binary=True)
     assert m.tolist() == expected
-    hamming = {0: 1, 1: 1, 2: 1, 3: 2}
+    hamming = {0: 1, 1: 1, 2: 1, 3: 2}  # (1 + cos) / 2 of the +-1 vectors = 1 - hamming / bits
     want = [1 - hamming[i] / 16 if j >= 0 else 0.0 for i, j in enumerate(expected)]
     np.testing.assert_allclose(s, want, atol=1e-6)
 
@@ -141,6 +141,63 @@ def test_duplicate_candidates_fail_ratio():
     assert m.tolist() == [-1]
 
 
+# col 0 (1 deg) is row 0's clear nearest neighbour (1 vs 60 deg) and row 0 is col 0's nearest, but row 1 (2.2 deg)
+# is almost as near to col 0: ratio sin(0.5)/sin(0.6) = 0.833 from col 0's side
+SYM0, SYM1 = [0, 2.2], [1, 60]
+
+
+@pytest.mark.parametrize("ratio_test, mutual, expected", [
+    ("symmetric", True, [-1, -1]),  # col 0 fails its own test in image 0
+    ("one-way", True, [0, -1]),
+    ("symmetric", False, [0, 0]),  # without the mutual check the test is one-way, as in hloc
+    ("one-way", False, [0, 0]),
+])
+def test_symmetric_ratio_test(ratio_test, mutual, expected):
+    m, _ = match_descriptors(unit2d(SYM0), unit2d(SYM1), mutual=mutual, ratio=0.8, ratio_test=ratio_test)
+    assert m.tolist() == expected
+    # swapped images: no match either way, so the one-way test's match 0 -> 0 above depends on the order
+    m10, _ = match_descriptors(unit2d(SYM1), unit2d(SYM0), mutual=True, ratio=0.8, ratio_test=ratio_test)
+    assert m10.tolist() == [-1, -1]
+
+
+def _hloc_reference(d0, d1, ratio):
+    """hloc's mutual NN + symmetric ratio test, written from its definition with plain loops (numpy, float64):
+    i -> j kept when j = nn(i), i = nn(j), and both pass Lowe's test in their own direction (off when either side
+    has one descriptor); score (1 + cos) / 2."""
+    sim = d0.astype(np.float64) @ d1.astype(np.float64).T
+    dist = np.sqrt(np.maximum(2 - 2 * sim, 0))
+    n, m = sim.shape
+    use_ratio = ratio is not None and min(n, m) > 1
+    out, scores = np.full(n, -1), np.zeros(n)
+    for i in range(n):
+        j = int(np.argmax(sim[i]))
+        if int(np.argmax(sim[:, j])) != i:
+            continue
+        if use_ratio:
+            r0, r1 = np.sort(dist[i]), np.sort(dist[:, j])
+            if not (r0[0] < ratio * r0[1] and r1[0] < ratio * r1[1]):
+                continue
+        out[i], scores[i] = j, (1 + sim[i, j]) / 2
+    return out, scores
+
+
+@pytest.mark.parametrize("ratio", [None, 0.8, 0.95])
+@pytest.mark.parametrize("n, m", [(40, 50), (1, 30), (30, 1)])
+def test_default_matches_the_hloc_rule(ratio, n, m):
+    """Random descriptors with planted near-duplicates: featlab's default equals the reference above."""
+    rng = np.random.default_rng(n * 100 + m)
+    d1 = rng.normal(size=(m, 16))
+    d0 = np.concatenate([d1[: min(n, m) // 2] + 0.3 * rng.normal(size=(min(n, m) // 2, 16)),
+                         rng.normal(size=(n - min(n, m) // 2, 16))])
+    d0 /= np.linalg.norm(d0, axis=1, keepdims=True)
+    d1 /= np.linalg.norm(d1, axis=1, keepdims=True)
+    m0, s0 = match_descriptors(d0.astype(np.float32), d1.astype(np.float32), ratio=ratio)
+    want, want_s = _hloc_reference(d0, d1, ratio)
+    assert m0.tolist() == want.tolist()
+    np.testing.assert_allclose(s0, want_s, atol=1e-5)
+    assert ratio is not None or min(n, m) == 1 or (want >= 0).sum() >= min(n, m) // 2  # the planted pairs match
+
+
 def test_bad_inputs_raise():
     with pytest.raises(InputError, match="descriptor sizes differ"):
         match_descriptors(torch.randn(3, 4), torch.randn(3, 5))
@@ -150,6 +207,8 @@ def test_bad_inputs_raise():
         match_descriptors(torch.randn(3, 4), torch.randn(3, 4), binary=True)
     with pytest.raises(InputError, match="mask1"):
         match_descriptors(torch.randn(3, 4), torch.randn(2, 4), mask1=torch.ones(3, dtype=torch.bool))
+    with pytest.raises(ConfigError, match="ratio_test"):
+        match_descriptors(torch.randn(3, 4), torch.randn(2, 4), ratio=0.8, ratio_test="both")
 
 
 def test_matches_to_indices():
@@ -177,8 +236,10 @@ def test_matcher_on_contract_dicts(float_case):
 def test_matcher_conf_errors():
     with pytest.raises(ConfigError, match="ratoi"):
         Matcher({"ratoi": 0.8})
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="matcher.ratio"):
         Matcher({"ratio": 1.5})
+    with pytest.raises(ConfigError, match="one-way"):
+        Matcher({"ratio_test": "two-way"})
 
 
 # ORB keypoints of coarse pyramid levels sit on that level's pixel grid (up to 3.6 px wide), so a shifted crop

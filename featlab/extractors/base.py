@@ -22,6 +22,15 @@ Geometry: ``T_0to1`` float (B, 4, 4) world-free relative pose (x1 = R x0 + t in 
 (B, 3, 3) homography in featlab pixels, intrinsics ``K0``/``K1`` (B, 3, 3) in featlab pixels, ``depth0``
 (B, H, W) metres (0 = invalid).
 
+Depth input (extractors that declare ``inputs = "depth"``; the default is ``inputs = "image"``):
+    depth            float32 (B, 1, H, W) z-depth in metres, 0 = invalid (read by :func:`featlab.io.depth.read_depth`
+                     from 16-bit PNGs, never through 8 bits).
+    intrinsics       float32 (B, 3, 3) K of the depth map in featlab pixels.
+A depth extractor's ``_forward(data)`` reads these two keys (there is no ``image``) and returns the usual keys:
+``keypoints`` in featlab pixels of the depth map, ``keypoint_scores``, ``descriptors``; ``image_size`` is the depth
+map's (W, H). :func:`extract_depth` runs one on a numpy depth map and K (resizing with nearest sampling and scaling
+K), as :func:`extract_image` does for images.
+
 Extractors are ``torch.nn.Module`` s with a ``default_conf`` (merged with the user's section by
 :func:`featlab.conf.resolve_conf`, unknown keys rejected), ``_init(conf)`` and ``_forward(data)``. They are built
 by name through :func:`build_extractor`; :func:`extract_image` runs one on a numpy image with resizing and maps
@@ -36,7 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..conf import none_or, resolve_conf, to_container
+from ..conf import checked, none_or, resolve_conf, to_container
 from ..errors import ConfigError
 from ..io.image import image_to_tensor, resize_image
 from ..io.weights import file_sha256, sidecar_path
@@ -44,9 +53,10 @@ from ..pixels import scale_points
 
 #: keys every extractor understands, merged under the extractor's own defaults
 COMMON_CONF = {
-    "max_keypoints": 2048,  # keep the top-k keypoints by score; -1 keeps all
-    "resize": none_or(int, list),  # None: native size; int: longest side; [H, W]: exact size (used by extract_image)
-    "dtype": "float32",  # float32 | bfloat16 (autocast for learned networks on CPU)
+    "max_keypoints": checked(2048, ge=1, also=(-1,)),  # keep the top-k keypoints by score; -1 keeps all
+    # None: native size; int: longest side; [H, W]: exact size (used by extract_image)
+    "resize": checked(none_or(int, list), ge=1),
+    "dtype": checked("float32", choices=("float32", "bfloat16")),  # autocast for learned networks on CPU
     "channels_last": False,  # channels_last memory format for convnets (faster on CPU with bf16)
 }
 
@@ -59,6 +69,8 @@ class Extractor(nn.Module):
     descriptor_type: str = "float"
     #: True when the extractor uses colour; every extractor accepts gray or RGB input and converts itself
     needs_rgb: bool = False
+    #: 'image' (``data["image"]``) or 'depth' (``data["depth"]`` and ``data["intrinsics"]``): see the module docstring
+    inputs: str = "image"
     name: str = "extractor"
 
     def __init__(self, conf: dict | None = None):
@@ -82,14 +94,23 @@ class Extractor(nn.Module):
         return p.device
 
     def forward(self, data: dict) -> dict:
-        """Args: data with ``image`` (B, C, H, W) float in [0, 1].
+        """Args: data with ``image`` (B, C, H, W) float in [0, 1]; for ``inputs = "depth"``, ``depth``
+        (B, 1, H, W) metres and ``intrinsics`` (B, 3, 3) instead.
 
         Returns: ``keypoints`` (B, N, 2), ``keypoint_scores`` (B, N), ``descriptors`` (B, N, D) and
         ``image_size`` (B, 2); see the module docstring.
         """
-        image = data["image"]
-        if image.ndim != 4 or image.shape[1] not in (1, 3):
-            raise ValueError(f"image must be (B, 1|3, H, W), got {tuple(image.shape)}")
+        if self.inputs == "depth":
+            image = data["depth"]
+            if image.ndim != 4 or image.shape[1] != 1:
+                raise ValueError(f"depth must be (B, 1, H, W), got {tuple(image.shape)}")
+            K = data["intrinsics"]
+            if K.shape != (image.shape[0], 3, 3):
+                raise ValueError(f"intrinsics must be (B, 3, 3) for B = {image.shape[0]}, got {tuple(K.shape)}")
+        else:
+            image = data["image"]
+            if image.ndim != 4 or image.shape[1] not in (1, 3):
+                raise ValueError(f"image must be (B, 1|3, H, W), got {tuple(image.shape)}")
         pred = self._forward(data)
         b, _, h, w = image.shape
         pred.setdefault("image_size", torch.tensor([[w, h]] * b, dtype=torch.int64, device=image.device))
@@ -188,7 +209,7 @@ def _load_builtin():
     # import for the side effect of registration; kept lazy so `import featlab` stays fast
     import importlib.util
     from . import handcrafted  # noqa: F401
-    for mod in ("baselines", "surf", "residual", "patch_residual", "caps"):
+    for mod in ("baselines", "depth_baselines", "depthkp", "surf", "residual", "patch_residual", "pose_sift", "caps"):
         if importlib.util.find_spec(f"{__package__}.{mod}") is not None:
             importlib.import_module(f"{__package__}.{mod}")
 
@@ -221,6 +242,8 @@ def extract_image(extractor: Extractor, image: np.ndarray, resize: Any = "conf")
         numpy dict: keypoints (N, 2), keypoint_scores (N,), descriptors (N, D), image_size (2,) as (W, H) of the
         original image.
     """
+    if extractor.inputs != "image":
+        raise ConfigError(f"extractor '{extractor.name}' takes {extractor.inputs} maps, not images (extract_depth)")
     if resize == "conf":
         resize = extractor.conf.resize
         resize = to_container(resize)
@@ -229,6 +252,49 @@ def extract_image(extractor: Extractor, image: np.ndarray, resize: Any = "conf")
     pred = extractor({"image": t})
     kpts = scale_points(pred["keypoints"][0].float(), scale)
     h, w = image.shape[:2]
+    return {
+        "keypoints": kpts.cpu().numpy().astype(np.float32),
+        "keypoint_scores": pred["keypoint_scores"][0].float().cpu().numpy(),
+        "descriptors": pred["descriptors"][0].cpu().numpy() if extractor.descriptor_type == "binary"
+        else pred["descriptors"][0].float().cpu().numpy(),
+        "image_size": np.array([w, h], dtype=np.int64),
+    }
+
+
+@torch.no_grad()
+def extract_depth(extractor: Extractor, depth: np.ndarray, K: np.ndarray,
+                  resize: Any = "conf") -> dict[str, np.ndarray]:
+    """Run a depth extractor (``inputs = "depth"``) on one depth map; keypoints come back in its original pixels.
+
+    Args:
+        depth: (H, W) float32 metres, 0 = invalid (:func:`featlab.io.depth.read_depth`).
+        K: (3, 3) intrinsics of ``depth`` in featlab pixels.
+        resize: 'conf' uses ``extractor.conf.resize``; otherwise None / int / (H, W) as in
+            :func:`featlab.io.depth.resize_depth` (nearest sampling; K scaled to the resized map).
+    Returns:
+        numpy dict as :func:`extract_image`: keypoints (N, 2), keypoint_scores (N,), descriptors (N, D),
+        image_size (2,) as (W, H) of the original depth map.
+    Raises:
+        ConfigError: the extractor takes images; InputError: depth is not a 2-D map or K not (3, 3).
+    """
+    from ..errors import InputError
+    from ..io.depth import resize_depth
+
+    if extractor.inputs != "depth":
+        raise ConfigError(f"extractor '{extractor.name}' takes images, not depth maps (extract_image)")
+    depth = np.asarray(depth, dtype=np.float32)
+    K = np.asarray(K, dtype=np.float64)
+    if depth.ndim != 2 or K.shape != (3, 3):
+        raise InputError(f"extract_depth needs a (H, W) depth map and a (3, 3) K, got {depth.shape} and {K.shape}")
+    if resize == "conf":
+        resize = to_container(extractor.conf.resize)
+    small, scale = resize_depth(depth, resize)
+    K_small = np.diag([1.0 / scale[0], 1.0 / scale[1], 1.0]) @ K  # exact in featlab pixels (both span [0, W])
+    dev = extractor.device
+    pred = extractor({"depth": torch.from_numpy(np.ascontiguousarray(small))[None, None].to(dev),
+                      "intrinsics": torch.from_numpy(K_small).float()[None].to(dev)})
+    kpts = scale_points(pred["keypoints"][0].float(), scale)
+    h, w = depth.shape
     return {
         "keypoints": kpts.cpu().numpy().astype(np.float32),
         "keypoint_scores": pred["keypoint_scores"][0].float().cpu().numpy(),

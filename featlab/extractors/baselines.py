@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..conf import none_or
+from ..conf import checked, none_or
 from ..errors import ConfigError, InputError
 from ..pixels import from_opencv
 from .base import Extractor, register_extractor, stack_padded, top_k_keypoints
@@ -110,8 +110,6 @@ class _KorniaBaseline(Extractor):
     label = ""  # name in messages
 
     def _init(self, conf):
-        if conf.dtype not in ("float32", "bfloat16"):
-            raise ConfigError(f"{self.kind}.dtype must be 'float32' or 'bfloat16', got '{conf.dtype}'")
         self.net = self._build(conf)
         path = Path(conf.weights).expanduser() if conf.weights else self._default_weights(conf)
         self.weights_path = path
@@ -148,7 +146,7 @@ class DISK(_KorniaBaseline):
     default_conf = {
         "weights": none_or(str, Path),  # state-dict file; None: ../shared/data/weights/disk/disk-depth-save.pth
         "detection_threshold": 0.0,  # keep heatmap maxima whose logit is strictly above this
-        "nms_window": 5,  # side of the non-maximum-suppression window (px)
+        "nms_window": checked(5, ge=1),  # side of the non-maximum-suppression window (px)
     }
 
     def _build(self, conf):
@@ -196,18 +194,15 @@ class ALIKED(_KorniaBaseline):
     kind = "aliked"
     label = "ALIKED"
     default_conf = {
-        "model_name": "aliked-n16",  # aliked-t16 | aliked-n16 | aliked-n16rot | aliked-n32
+        "model_name": checked("aliked-n16", choices=ALIKED_VARIANTS),  # ALIKED_VARIANTS
         "weights": none_or(str, Path),  # state-dict file; None: ../shared/data/weights/aliked/<model_name>.pth
         "detection_threshold": 0.2,  # > 0: keep maxima above it (at most max_keypoints); <= 0: top-k mode
-        "nms_radius": 2,  # NMS window is 2 * nms_radius + 1
+        "nms_radius": checked(2, ge=0),  # NMS window is 2 * nms_radius + 1
     }
 
     def _build(self, conf):
         from kornia.feature import ALIKED as KorniaALIKED
 
-        if conf.model_name not in ALIKED_VARIANTS:
-            raise ConfigError(f"aliked.model_name must be one of {', '.join(ALIKED_VARIANTS)}, "
-                              f"got '{conf.model_name}'")
         k = conf.max_keypoints if conf.max_keypoints is not None else -1
         return KorniaALIKED(model_name=conf.model_name, max_num_keypoints=k,
                             detection_threshold=conf.detection_threshold, nms_radius=conf.nms_radius)
@@ -256,7 +251,7 @@ class XFeat(_KorniaBaseline):
     default_conf = {
         "weights": none_or(str, Path),  # state-dict file; None: ../shared/data/weights/xfeat/xfeat.pt
         "detection_threshold": 0.05,  # keep keypoint-heatmap maxima strictly above this
-        "nms_window": 5,  # side of the non-maximum-suppression window (px)
+        "nms_window": checked(5, ge=1),  # side of the non-maximum-suppression window (px)
     }
 
     def _build(self, conf):

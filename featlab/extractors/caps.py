@@ -111,8 +111,6 @@ class CAPS(Extractor):
     def _init(self, conf):
         if not conf.detector or conf.detector.startswith("caps"):
             raise ConfigError(f"caps.detector must name a keypoint extractor (e.g. sift), got {conf.detector!r}")
-        if conf.dtype not in ("float32", "bfloat16"):
-            raise ConfigError(f"dtype must be float32 or bfloat16, got {conf.dtype!r}")
         path = resolve_weights_path(conf.weights, WEIGHTS_DIR)
         if not path.is_file():
             raise InputError(f"CAPS weights not found: {path}; train them with `{TRAIN_HINT}`")

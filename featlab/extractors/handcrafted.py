@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from ..conf import checked
 from ..io.image import rgb_to_gray
 from ..pixels import from_opencv
 from .base import Extractor, register_extractor, stack_padded, top_k_keypoints
@@ -79,10 +79,11 @@ class SIFT(OpenCVExtractor):
     default_conf = {
         "root": False,  # RootSIFT descriptors
         "upright": False,  # drop orientation (one descriptor per location, angle 0)
-        "n_octave_layers": 3,  # OpenCV nOctaveLayers
-        "contrast_threshold": 0.04,  # OpenCV contrastThreshold (lower -> more keypoints)
-        "edge_threshold": 10.0,  # OpenCV edgeThreshold
-        "sigma": 1.6,  # OpenCV sigma of the first octave
+        "n_octave_layers": checked(3, ge=1),  # OpenCV nOctaveLayers (0 crashes inside OpenCV)
+        "contrast_threshold": checked(0.04, ge=0),  # OpenCV contrastThreshold (lower -> more keypoints)
+        # OpenCV edgeThreshold r: rejects tr(H)^2/det(H) >= (r+1)^2/r, which is >= 4 for every point when r = 1
+        "edge_threshold": checked(10.0, gt=1),
+        "sigma": checked(1.6, gt=0),  # OpenCV sigma of the first octave
         "precise_upscale": False,  # OpenCV enable_precise_upscale: doubled image maps index x to 2x (see class doc)
     }
 
@@ -161,22 +162,17 @@ class ORB(OpenCVExtractor):
 
     descriptor_type = "binary"
     default_conf = {
-        "scale_factor": 1.2,  # OpenCV scaleFactor: ratio between pyramid levels (> 1)
-        "n_levels": 8,  # OpenCV nlevels: number of pyramid levels
-        "fast_threshold": 20,  # OpenCV fastThreshold: FAST intensity threshold (lower -> more keypoints)
-        "edge_threshold": 31,  # OpenCV edgeThreshold: border (px) without keypoints; keep >= patch_size
-        "patch_size": 31,  # OpenCV patchSize: side of the oriented BRIEF patch at level 0
-        "n_features": 100000,  # OpenCV nfeatures: detection budget spread over the levels (Harris-ranked per
+        "scale_factor": checked(1.2, gt=1),  # OpenCV scaleFactor: ratio between pyramid levels
+        "n_levels": checked(8, ge=1),  # OpenCV nlevels: number of pyramid levels
+        # OpenCV fastThreshold: FAST intensity threshold on 8-bit images (lower -> more keypoints)
+        "fast_threshold": checked(20, ge=0, le=255),
+        "edge_threshold": checked(31, ge=0),  # OpenCV edgeThreshold: border (px) without keypoints; keep >= patch_size
+        "patch_size": checked(31, ge=2),  # OpenCV patchSize: side of the oriented BRIEF patch at level 0 (1 asserts)
+        "n_features": checked(100000, ge=1),  # OpenCV nfeatures: detection budget spread over the levels (Harris-ranked per
         # level) before the global top max_keypoints by Harris response are described
     }
 
     def _init(self, conf):
-        if conf.scale_factor <= 1.0:
-            raise ConfigError(f"orb.scale_factor must be > 1, got {conf.scale_factor}")
-        if conf.n_levels < 1:
-            raise ConfigError(f"orb.n_levels must be >= 1, got {conf.n_levels}")
-        if conf.n_features < 1:
-            raise ConfigError(f"orb.n_features must be >= 1, got {conf.n_features}")
         self._orb = cv2.ORB_create(nfeatures=int(conf.n_features), scaleFactor=float(conf.scale_factor),
                                    nlevels=int(conf.n_levels), edgeThreshold=int(conf.edge_threshold),
                                    firstLevel=0, WTA_K=2, scoreType=cv2.ORB_HARRIS_SCORE,

@@ -49,7 +49,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
+from ..conf import checked
 from ..io.image import rgb_to_gray
 from ..pixels import OPENCV_OFFSET, from_opencv, sample_map
 from .base import Extractor, register_extractor, stack_padded, top_k_keypoints
@@ -407,20 +407,16 @@ class SURF(Extractor):
     """
 
     default_conf = {
-        "hessian_threshold": 5e-4,  # min det(H) of area-normalised responses, image in [0, 1] (OpenCV's value / 255^2)
-        "n_octaves": 4,  # octaves (filter sizes 9.., 15.., 27.., 51.., ...; step doubles per octave)
-        "n_layers": 4,  # filter sizes per octave (>= 3; maxima are searched in the inner ones)
+        # min det(H) of area-normalised responses, image in [0, 1] (OpenCV's value / 255^2)
+        "hessian_threshold": checked(5e-4, ge=0),
+        "n_octaves": checked(4, ge=1),  # octaves (filter sizes 9.., 15.., 27.., 51.., ...; step doubles per octave)
+        "n_layers": checked(4, ge=3),  # filter sizes per octave (maxima are searched in the inner ones: 3x3x3)
         "extended": True,  # 128-d descriptor (sums split by sign) instead of 64-d
         "upright": False,  # U-SURF: skip orientation assignment (angle 0)
     }
 
     def _init(self, conf):
-        if conf.n_layers < 3:
-            raise ConfigError(f"surf: n_layers must be >= 3 (3x3x3 scale-space maxima), got {conf.n_layers}")
-        if conf.n_octaves < 1:
-            raise ConfigError(f"surf: n_octaves must be >= 1, got {conf.n_octaves}")
-        if conf.hessian_threshold < 0:
-            raise ConfigError(f"surf: hessian_threshold must be >= 0, got {conf.hessian_threshold}")
+        pass  # the valid values are declared in default_conf
 
     @property
     def descriptor_dim(self) -> int:

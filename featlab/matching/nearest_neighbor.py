@@ -2,9 +2,13 @@
 
 Everything is one batched similarity matmul:
 - float descriptors: cosine similarity ``s = <d0, d1>`` of the L2-normalised vectors; distance ``sqrt(2 - 2 s)``
-  (the L2 distance of unit vectors); match score = ``s``.
+  (the L2 distance of unit vectors).
 - binary descriptors (uint8 packed bits, e.g. ORB's 32 bytes = 256 bits): bits are unpacked to +-1 floats, so
-  ``<b0, b1> = bits - 2 * hamming`` exactly; distance = Hamming distance in bits; match score = ``1 - hamming / bits``.
+  ``<b0, b1> = bits - 2 * hamming`` exactly; distance = Hamming distance in bits.
+
+Match scores are on hloc's scale, ``(1 + cos) / 2`` in [0, 1] (hloc's ``matchers/nearest_neighbor.py``), so that
+hloc's ``min_match_score`` means the same on featlab's files; for binary descriptors the cosine of the +-1 vectors
+gives ``1 - hamming / bits``. The ratio test defaults to hloc's symmetric one (see :func:`match_descriptors`).
 """
 from __future__ import annotations
 
@@ -14,10 +18,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..conf import none_or, resolve_conf
+from ..conf import checked, none_or, resolve_conf
 from ..errors import ConfigError, InputError
 
 _BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)
+#: ``symmetric``: hloc's ratio test (both directions, through the mutual check); ``one-way``: image 0 -> 1 only
+RATIO_TESTS = ("symmetric", "one-way")
+#: what ``matching_scores0`` holds, written into every matches file's record (featlab.commands.match)
+SCORE_SCALE = "(1 + cosine) / 2 in [0, 1], as hloc (binary: 1 - hamming / bits)"
 
 
 def unpack_bits_pm1(desc: torch.Tensor) -> torch.Tensor:
@@ -39,7 +47,7 @@ def _similarity_and_distance_fns(desc0: torch.Tensor, desc1: torch.Tensor, binar
             return (bits - s) * 0.5
 
         def score(s):
-            return 1.0 - distance(s) / bits
+            return 0.5 * (1.0 + s / bits)  # (1 + cos) / 2 of the +-1 vectors = 1 - hamming / bits
         return sim, distance, score
     if desc0.dtype == torch.uint8 or desc1.dtype == torch.uint8:
         raise InputError("uint8 (binary) descriptors need binary=True (Hamming distance); got float matching")
@@ -51,7 +59,7 @@ def _similarity_and_distance_fns(desc0: torch.Tensor, desc1: torch.Tensor, binar
         return (2.0 - 2.0 * s).clamp(min=0.0).sqrt()
 
     def score(s):
-        return s
+        return 0.5 * (1.0 + s)  # hloc's scale
     return sim, distance, score
 
 
@@ -64,13 +72,20 @@ def _as_torch(x, name: str) -> torch.Tensor:
 
 
 def match_descriptors(desc0, desc1, mutual: bool = True, ratio: float | None = None,
-                      distance_threshold: float | None = None, binary: bool = False, mask0=None, mask1=None):
+                      distance_threshold: float | None = None, binary: bool = False, mask0=None, mask1=None,
+                      ratio_test: str = "symmetric"):
     """Match each descriptor of image 0 to its nearest neighbour in image 1, with optional filters.
 
     A match i -> j = argmax_j similarity(i, j) is kept when all enabled tests pass:
     - ``mutual``: i is also the nearest neighbour of j in image 0;
     - ``ratio``: Lowe's test ``dist(i, j) < ratio * dist(i, j2)`` with j2 the second-nearest neighbour (distances:
-      L2 of unit vectors for float, Hamming for binary); passes when image 1 has a single candidate;
+      L2 of unit vectors for float, Hamming for binary); a row with a single valid candidate passes.
+      ``ratio_test="symmetric"`` (default, hloc's ``NearestNeighbor`` with ``do_mutual_check``): with ``mutual``,
+      j must also pass the test among the descriptors of image 0, and, as in hloc, the test is off when either
+      image has a single descriptor; without ``mutual`` it is the one-way test (as in hloc).
+      ``"one-way"``: image 0 -> 1 only (featlab's earlier default). One difference from hloc stays: hloc keeps a match
+      when ``dist(i, j) <= ratio * dist(i, j2)``, featlab needs ``<``, so two equally near candidates (e.g.
+      duplicated descriptors) always fail here;
     - ``distance_threshold``: ``dist(i, j) <= distance_threshold`` (L2 of unit vectors for float descriptors,
       Hamming distance in bits for binary ones).
     Padded entries (``mask == False``) are never matched and never chosen as neighbours.
@@ -82,9 +97,11 @@ def match_descriptors(desc0, desc1, mutual: bool = True, ratio: float | None = N
         mask1: optional bool (B, M) / (M,).
     Returns:
         matches0: int64 (B, N) (or (N,)): index into desc1, -1 when unmatched.
-        scores0: float32 (B, N): cosine similarity (float) or ``1 - hamming / bits`` (binary) of the match, 0 when
-            unmatched. numpy in, numpy out; torch in, torch out (on the input's device).
+        scores0: float32 (B, N): hloc's score ``(1 + cos) / 2`` in [0, 1] (binary: ``1 - hamming / bits``) of the
+            match, 0 when unmatched. numpy in, numpy out; torch in, torch out (on the input's device).
     """
+    if ratio_test not in RATIO_TESTS:
+        raise ConfigError(f"ratio_test must be one of {', '.join(RATIO_TESTS)}, got {ratio_test!r}")
     is_numpy = isinstance(desc0, np.ndarray)
     d0, d1 = _as_torch(desc0, "desc0"), _as_torch(desc1, "desc1")
     if d0.ndim != d1.ndim or d0.ndim not in (2, 3):
@@ -123,10 +140,16 @@ def match_descriptors(desc0, desc1, mutual: bool = True, ratio: float | None = N
         if mutual:
             nn10 = sim.argmax(dim=1)  # (B, M)
             keep &= torch.gather(nn10, 1, nn01[..., 0]) == torch.arange(n, device=d0.device)[None]
-        if ratio is not None:
+        symmetric = ratio_test == "symmetric" and mutual
+        if ratio is not None and not (symmetric and min(n, m) == 1):  # hloc: off with a single descriptor
             if m > 1:
                 second = distance(top[..., 1])  # inf where no second valid candidate -> passes
                 keep &= distance(best) < ratio * second
+            if symmetric and n > 1:
+                # where the mutual check holds, i is j's nearest neighbour: j's own test in image 0
+                top1 = sim.topk(2, dim=1).values  # (B, 2, M)
+                pass1 = distance(top1[:, 0]) < ratio * distance(top1[:, 1])
+                keep &= torch.gather(pass1, 1, nn01[..., 0])
         if distance_threshold is not None:
             keep &= distance(best) <= distance_threshold
         matches = torch.where(keep, nn01[..., 0], matches)
@@ -157,15 +180,14 @@ class Matcher:
 
     default_conf = {
         "mutual": True,  # keep only mutual nearest neighbours
-        "ratio": none_or(float),  # Lowe's ratio test threshold on distances (e.g. 0.8), None: off
+        "ratio": checked(none_or(float), gt=0, le=1),  # Lowe's ratio test threshold on distances (e.g. 0.8), None: off
+        "ratio_test": checked("symmetric", choices=RATIO_TESTS),  # symmetric (hloc's) | one-way (0 -> 1)
         "distance_threshold": none_or(float),  # max descriptor distance (L2 of unit vectors, or Hamming bits);
         # None: off
     }
 
     def __init__(self, conf: Mapping | None = None):
         self.conf = resolve_conf(self.default_conf, conf, "matcher")
-        if self.conf.ratio is not None and not 0 < float(self.conf.ratio) <= 1:
-            raise ConfigError(f"matcher.ratio must be in (0, 1], got {self.conf.ratio}")
 
     def __call__(self, pred0: Mapping, pred1: Mapping) -> dict:
         """Args: ``pred0``/``pred1`` with ``descriptors`` (B, N, D) float or uint8 packed bits and optionally
@@ -179,5 +201,6 @@ class Matcher:
             d0, d1, mutual=self.conf.mutual,
             ratio=None if self.conf.ratio is None else float(self.conf.ratio),
             distance_threshold=None if self.conf.distance_threshold is None else float(self.conf.distance_threshold),
-            binary=binary, mask0=pred0.get("keypoint_masks"), mask1=pred1.get("keypoint_masks"))
+            binary=binary, mask0=pred0.get("keypoint_masks"), mask1=pred1.get("keypoint_masks"),
+            ratio_test=self.conf.ratio_test)
         return {"matches0": matches, "matching_scores0": scores}
