@@ -1,0 +1,513 @@
+"""Training task of SCFeat: descriptors, then a detector, both supervised by camera poses only (RECIPES section 3).
+
+Two stages, each its own resumable run of :func:`featlab.training.loop.train` (``stage`` in the config):
+
+1. ``stage: descriptor``: the F2R network and the coupling bridge (:class:`featlab.nn.f2r.SCFeatNet`, detector
+   untouched) learn with the line-to-window loss (:class:`featlab.losses.scfeat.LineToWindowLoss`) on queries at
+   one random pixel per ``data.query_cell`` x ``data.query_cell`` cell of each image, both directions.
+2. ``stage: detector``: ``init`` = the descriptor run's weights; only the detector trains (the rest is frozen:
+   ``requires_grad`` off, so the optimiser never sees it). DISK-style policy gradient, per image: the score map is
+   cut into ``detector.cell`` x ``detector.cell`` cells, one pixel is drawn per cell (categorical) and accepted
+   (Bernoulli); accepted keypoints of the two images are matched by the dual softmax of their (frozen) descriptor
+   cosines; rewards :func:`featlab.losses.scfeat.epipolar_rewards` (+1 / -0.25 at 2 px), or with
+   ``detector.f_reward`` SCFeat's fundamental-matrix factor (:func:`fundamental_loss`); loss
+   :func:`featlab.losses.scfeat.policy_gradient_loss`.
+
+Choices against the reference's defects (each a config key; docs/MODELS.md, scfeat card):
+
+- ``detector.accept``: ``ratio`` (featlab) draws the cell pixel with probability proportional to its score and
+  accepts it with probability ``s / (1 + s)`` (logit ``log s``), which spans (0, 1); ``reference`` uses the
+  non-negative softplus scores themselves as logits, so acceptance is always at least 0.5.
+- the 8-point draws come from the training process's torch generator (seeded by the loop, restored on resume), so
+  every step draws new subsets over all good matches (the reference re-seeds on every call and never picks the
+  last match); the F error is measured in normalised camera coordinates (:func:`featlab.geometry.eight_point.
+  fundamental_error`), not between pixel-coordinate matrices.
+- descriptors are extracted from the map the loss trains (``model.extract_from: local``).
+- devices are chosen by the loop (``train.device``), never hard-coded.
+
+Data (posed pairs, no depth, no correspondences): a 7-Scenes / TUM sequence (``data.root``, frames
+``data.frame_range``, depth-checked covisible pairs at ``data.gaps``) and any COLMAP models with posed images
+(``data.colmap``, e.g. Strecha castle-P30; pairs of index gap ``data.colmap_pairs``). Both images of a pair are
+resized to ``data.image_size`` with K scaled (an anisotropic resize is exact for pinhole intrinsics) and
+colour-jittered. Sample ``i`` of the stream draws all its randomness from ``role_rng(seed, "train", i)``.
+
+Validation (selection pairs, 7-Scenes frames 360-399 by default): relative-pose AUC on ``val.num_pairs`` pairs at
+``data.image_size`` with mutual nearest neighbours and ``val.method``: ``auc@5/10/20`` of this stage's features
+(descriptor stage: SIFT keypoints + SCFeat descriptors; detector stage: SCFeat keypoints + descriptors, and
+``desc_auc@...`` with SIFT keypoints), and ``sift_auc@...`` (SIFT alone) as the baseline.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..conf import deep_update, none_or, resolve_conf, to_container
+from ..datasets import homographies, splits
+from ..datasets import rgbd as rgbd_module
+from ..errors import ConfigError, InputError
+from ..extractors.scfeat import (WEIGHTS_DIR, detect_keypoints, load_scfeat_weights, save_scfeat_weights)
+from ..geometry.eight_point import eight_point, fundamental_error, random_subsets
+from ..geometry.epipolar import fundamental_from_pose
+from ..io.image import image_to_tensor
+from ..io.weights import check_export_name, copy_weights
+from ..losses import scfeat as scfeat_losses
+from ..nn.f2r import SCFeatNet
+from ..nn.f2r import default_conf as model_default_conf
+from ..nn.resunet import map_extent
+from ..pixels import from_grid_indices, sample_map
+from ..rng import role_rng
+from . import loop
+from .caps import RGBDPairs, resize_with_intrinsics
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "scfeat.yaml"
+SUMMARY = "SCFeat detector + descriptor, weakly supervised by poses"
+STAGES = ("descriptor", "detector")
+ACCEPT = ("ratio", "reference")
+
+detector_default_conf = {
+    "cell": 8,  # the score map is cut into cell x cell cells, one keypoint drawn per cell
+    "accept": "ratio",  # ratio | reference: acceptance probability s / (1 + s) (featlab) or sigmoid(s) >= 0.5
+    # with the softplus scores as logits (the reference's defect)
+    "match_temperature": 1.0 / 60.0,  # dual softmax of cosines / temperature
+    "threshold": 2.0,  # px at data.image_size: a match is good within this of the epipolar line in both images
+    "good_reward": 1.0,  # reward of a good match (without the F factor)
+    "bad_reward": -0.25,  # reward of a bad match (without the F factor)
+    "keypoint_penalty": 0.001,  # cost of each accepted keypoint
+    "f_reward": True,  # SCFeat: rewards 1 - L_F (good) and -L_F (bad), L_F = tanh(min F error of 8-point draws);
+    # false: the PoSFeat / DISK rewards (good_reward / bad_reward)
+    "f_draws": 100,  # random 8-match subsets per pair (fresh each step)
+    "min_good_matches": 8,  # fewer good matches: no F estimate, the plain rewards are used for that pair
+}
+
+default_conf = {
+    "stage": "descriptor",  # descriptor | detector (see the module docstring)
+    "init": none_or(str),  # weights (.safetensors with sidecar) to start from; required by the detector stage
+    "model": model_default_conf,  # see featlab.nn.f2r
+    "data": {
+        "root": none_or(str, Path),  # RGB-D sequence (7-Scenes or TUM layout; CLI --data); null: none
+        "rgbd": rgbd_module.default_conf,  # sequence reader settings (configs/scfeat.yaml: focal 525)
+        "frame_range": list(splits.TRAIN_FRAMES),  # [start, stop) frames of the sequence's training pairs
+        "allow_eval_data": False,  # true: allow training/selecting on evaluation-only data (featlab.datasets.splits)
+        "gaps": [20],  # frame gaps of the sequence's pairs
+        "min_covisibility": 0.3,  # depth-checked overlap of a sequence pair (used only to select pairs)
+        "max_pairs_per_gap": none_or(int),  # cap on sequence pairs per gap; null: all that pass
+        "max_rotation": 80.0,  # degrees; pairs with a larger relative rotation are dropped
+        "colmap": [],  # COLMAP project folders (images/ + sparse/) with posed images, e.g. Strecha castle-P30
+        "colmap_pairs": {"min_gap": 1, "max_gap": 2, "max_rotation": 40.0, "covisibility": "none"},  # pair sampler
+        # of the COLMAP models (featlab.datasets.posed.PairSampler keys; Strecha: ~10 degrees per index step)
+        "colmap_repeat": 3,  # each COLMAP pair appears this many times per epoch (few pairs next to the sequence's)
+        "image_size": [240, 320],  # [H, W] both images are resized to (K scaled accordingly)
+        "batch_size": 2,  # pairs per step
+        "num_workers": 1,  # DataLoader worker processes (0: load in the training process)
+        "query_cell": 16,  # descriptor stage: one random query pixel per query_cell x query_cell cell
+        "photometric": deep_update(homographies.photometric_default_conf, {"noise": {"prob": 0.0}}),  # colour
+        # jitter per image (featlab.datasets.homographies)
+    },
+    "val": {
+        "root": none_or(str, Path),  # sequence of the validation pairs; null: data.root
+        "frame_range": list(splits.SELECT_FRAMES),  # [start, stop) selection frames (400-499: report only)
+        "gaps": [20],
+        "min_covisibility": 0.3,
+        "num_pairs": 10,  # pairs kept (evenly spaced over the candidates)
+        "max_keypoints": 1024,  # keypoints per image (SIFT's and SCFeat's)
+        "method": "superglue",  # relative-pose estimator: superglue | magsac | poselib (featlab.geometry.robust)
+        "threshold": 1.0,  # px (at data.image_size), RANSAC inlier threshold
+    },
+    "loss": scfeat_losses.default_conf,  # descriptor stage, see featlab.losses.scfeat
+    "detector": detector_default_conf,  # detector stage
+    "train": deep_update(loop.default_conf, {"lr": 1e-4, "best_metric": "auc@10", "max_steps": 100000}),
+}
+
+
+# --------------------------------------------------------------------------------------------------- data
+class ColmapPairs:
+    """Posed pairs of COLMAP models (:class:`featlab.datasets.posed.PosedPairs` over each model, concatenated)."""
+
+    def __init__(self, folders, pair_conf, repeat: int = 1):
+        from ..datasets.colmap import read_colmap
+        from ..datasets.posed import PairSampler, PosedPairs
+
+        self.parts = []
+        for folder in folders:
+            folder = Path(folder)
+            model = folder / "sparse" if (folder / "sparse").is_dir() else folder
+            collection = read_colmap(model)
+            pairs = PairSampler(to_container(pair_conf)).sample(collection)
+            if not pairs:
+                raise InputError(f"no pairs in {folder} with data.colmap_pairs {to_container(pair_conf)}")
+            self.parts.append(PosedPairs(collection, pairs))
+        self.index = [(p, k) for _ in range(int(repeat)) for p, part in enumerate(self.parts) for k in range(len(part))]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, k: int) -> dict:
+        p, j = self.index[k]
+        return self.parts[p][j]
+
+
+class ConcatPairs:
+    """Items of several posed-pair datasets, one after the other."""
+
+    def __init__(self, parts):
+        self.parts = [p for p in parts if p is not None and len(p)]
+        self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, k: int) -> dict:
+        part = int(np.searchsorted(self.offsets, k, side="right") - 1)
+        return self.parts[part][k - int(self.offsets[part])]
+
+
+def cell_queries(rng: np.random.Generator, image_size, cell: int) -> np.ndarray:
+    """One uniformly random point per ``cell`` x ``cell`` cell of an (H, W) image -> float32 (N, 2) featlab pixels."""
+    h, w = image_size
+    ys, xs = np.meshgrid(np.arange(0, h - cell + 1, cell), np.arange(0, w - cell + 1, cell), indexing="ij")
+    corners = np.stack([xs.ravel(), ys.ravel()], -1).astype(np.float64)
+    return (corners + rng.uniform(0.0, cell, size=corners.shape)).astype(np.float32)
+
+
+class PosedPairStream(Dataset):
+    """Training samples by global index ``i`` from a posed-pair dataset.
+
+    Item::
+
+        image0, image1    float32 (3, H, W) in [0, 1], colour-jittered
+        K0, K1            float32 (3, 3) featlab pixels of the resized images
+        T_0to1            float32 (4, 4)
+        points0, points1  float32 (N, 2) one query per data.query_cell cell
+    """
+
+    def __init__(self, pairs, data_conf, seed: int):
+        if len(pairs) == 0:
+            raise InputError("the posed-pair training dataset is empty")
+        self.pairs = pairs
+        self.size = tuple(int(v) for v in data_conf.image_size)
+        self.cell = int(data_conf.query_cell)
+        self.photometric = to_container(data_conf.photometric)
+        self.seed = int(seed)
+        self._shuffle = loop.EpochShuffle(self.seed)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict:
+        rng = role_rng(self.seed, "train", int(index))
+        item = self.pairs[self._shuffle(int(index), len(self.pairs))]
+        out = {"T_0to1": np.asarray(item["T_0to1"], np.float32)}
+        for k in ("0", "1"):
+            image, K = resize_with_intrinsics(item[f"image{k}"], item[f"K{k}"], self.size)
+            image = homographies.photometric_augment(rng, image, self.photometric)
+            out[f"image{k}"] = image_to_tensor(image)[0]
+            out[f"K{k}"] = K.astype(np.float32)
+            out[f"points{k}"] = cell_queries(rng, self.size, self.cell)
+        return out
+
+
+# ------------------------------------------------------------------------------------------- detector policy
+def sample_cell_keypoints(scores: torch.Tensor, cell: int = 8, accept: str = "ratio", eps: float = 1e-8):
+    """Draw one pixel per cell of a score map and accept it; log-probabilities for REINFORCE.
+
+    Args:
+        scores: (H, W) >= 0, H and W multiples of ``cell``.
+        accept: ``ratio``: pixel probability proportional to the score inside the cell, acceptance ``s / (1 + s)``;
+            ``reference``: the scores as logits of both (acceptance sigmoid(s) >= 0.5).
+    Returns:
+        keypoints (M, 2) featlab pixels of the accepted draws, logp (M,) their log-probability (cell draw +
+        acceptance, differentiable), accept_probs (Hc * Wc,) acceptance probability of every draw (detached).
+    """
+    h, w = scores.shape
+    if h % cell or w % cell:
+        raise ValueError(f"score map {h}x{w} is not a multiple of the cell size {cell}")
+    hc, wc = h // cell, w // cell
+    cells = scores.reshape(hc, cell, wc, cell).permute(0, 2, 1, 3).reshape(hc * wc, cell * cell)
+    if accept == "ratio":
+        logits = (cells + eps).log()
+    elif accept == "reference":
+        logits = cells
+    else:
+        raise ConfigError(f"detector.accept must be one of {', '.join(ACCEPT)}, got {accept!r}")
+    dist = torch.distributions.Categorical(logits=logits)
+    idx = dist.sample()
+    logp_pick = dist.log_prob(idx)
+    chosen = logits.gather(1, idx[:, None])[:, 0]  # the acceptance logit: log s (ratio) or s (reference)
+    accept_dist = torch.distributions.Bernoulli(logits=chosen)
+    accepted = accept_dist.sample().bool()
+    logp = (logp_pick + accept_dist.log_prob(torch.ones_like(chosen)))[accepted]
+    cell_ij = torch.stack(torch.meshgrid(torch.arange(hc, device=scores.device), torch.arange(wc, device=scores.device),
+                                         indexing="ij"), -1).reshape(-1, 2)
+    ij = cell_ij * cell + torch.stack([idx // cell, idx % cell], -1)
+    return from_grid_indices(ij[accepted]), logp, torch.sigmoid(chosen).detach()
+
+
+def fundamental_loss(points0: torch.Tensor, points1: torch.Tensor, F_gt: torch.Tensor, K0: torch.Tensor,
+                     K1: torch.Tensor, draws: int = 100, generator: torch.Generator | None = None) -> torch.Tensor:
+    """SCFeat's ``L_F = tanh(min over draws of the F error)`` of 8-point estimates on random 8-match subsets.
+
+    Args:
+        points0, points1: (M, 2) good matches (M >= 8); F_gt, K0, K1: (3, 3).
+        generator: torch generator (None: the global one); it advances, so each call draws new subsets.
+    Returns:
+        scalar tensor in [0, 1).
+    """
+    sub = random_subsets(len(points0), int(draws), 8, generator=generator, device=points0.device)
+    F_est = eight_point(points0[sub], points1[sub])
+    return torch.tanh(fundamental_error(F_est, F_gt, K0, K1).min()).float()
+
+
+# ------------------------------------------------------------------------------------------------------ task
+class SCFeatTask(loop.TrainingTask):
+    """Data, losses and validation of SCFeat for :func:`featlab.training.loop.train`.
+
+    Args:
+        conf: the experiment config (:data:`default_conf`).
+        train_pairs: a posed-pair dataset; None: built from ``conf.data``.
+        val_pairs: a posed-pair dataset for validation; None: built from ``conf.val`` when a sequence is given.
+    """
+
+    def __init__(self, conf, train_pairs=None, val_pairs=None):
+        self.conf = conf = resolve_conf(default_conf, conf, "")
+        d = conf.data
+        if conf.stage not in STAGES:
+            raise ConfigError(f"stage must be one of {', '.join(STAGES)}, got {conf.stage!r}")
+        if conf.detector.accept not in ACCEPT:
+            raise ConfigError(f"detector.accept must be one of {', '.join(ACCEPT)}, got {conf.detector.accept!r}")
+        cell = int(conf.detector.cell)
+        if len(d.image_size) != 2 or any(int(v) < 32 or int(v) % 16 or int(v) % cell for v in d.image_size):
+            raise ConfigError(f"data.image_size must be [H, W], multiples of 16 and of detector.cell, >= 32, got "
+                              f"{list(d.image_size)}")
+        if int(d.batch_size) < 1 or int(d.query_cell) < 1 or int(d.num_workers) < 0 or cell < 1:
+            raise ConfigError("data.batch_size, data.query_cell and detector.cell must be >= 1, data.num_workers >= 0")
+        if int(conf.detector.f_draws) < 1 or int(conf.detector.min_good_matches) < 8:
+            raise ConfigError("detector.f_draws must be >= 1 and detector.min_good_matches >= 8")
+        self.model = SCFeatNet(conf.model)
+        if conf.init:
+            init_net, meta = load_scfeat_weights(conf.init)
+            if meta["model"] != to_container(conf.model):
+                raise ConfigError(f"init {conf.init} holds a network with another model config than this run's "
+                                  f"(pass the same model.* keys)")
+            self.model.load_state_dict(init_net.state_dict())
+        elif conf.stage == "detector":
+            raise ConfigError("stage detector needs init=<the descriptor run's best.safetensors>")
+        trainable = self.model.detector.parameters() if conf.stage == "detector" else \
+            self.model.description_parameters()
+        keep = {id(p) for p in trainable}
+        for p in self.model.parameters():
+            p.requires_grad_(id(p) in keep)
+        self.loss_fn = scfeat_losses.LineToWindowLoss(conf.loss)
+        if train_pairs is None:
+            parts = []
+            if d.root:
+                parts.append(RGBDPairs(d.root, d.rgbd, d.frame_range, d.gaps, d.min_covisibility,
+                                       d.max_pairs_per_gap, d.max_rotation, seed=int(conf.train.seed)))
+            if d.colmap:
+                parts.append(ColmapPairs(d.colmap, d.colmap_pairs, int(d.colmap_repeat)))
+            train_pairs = ConcatPairs(parts)
+        self.dataset = PosedPairStream(train_pairs, d, seed=int(conf.train.seed))
+        if val_pairs is None and (conf.val.root or d.root) and int(conf.val.num_pairs) > 0:
+            v = conf.val
+            val_pairs = RGBDPairs(v.root or d.root, d.rgbd, v.frame_range, v.gaps, v.min_covisibility, None,
+                                  d.max_rotation, num_pairs=int(v.num_pairs))
+        self.val_pairs = self._prepare_val(val_pairs) if val_pairs is not None else []
+        self._sift_baseline = None
+
+    # ------------------------------------------------------------------------------------------------ data
+    def batches(self, start_step: int) -> Iterator[dict]:
+        return loop.iterate_batches(self.dataset, self.conf.data.batch_size, self.conf.data.num_workers, start_step)
+
+    def _prepare_val(self, pairs) -> list[dict]:
+        from ..extractors import build_extractor
+
+        sift = build_extractor("sift", {"max_keypoints": int(self.conf.val.max_keypoints)})
+        size = tuple(int(v) for v in self.conf.data.image_size)
+        out = []
+        for k in range(len(pairs)):
+            item = pairs[k]
+            entry = {"T_0to1": np.asarray(item["T_0to1"], np.float64)}
+            images = []
+            for s in ("0", "1"):
+                image, K = resize_with_intrinsics(item[f"image{s}"], item[f"K{s}"], size)
+                t = image_to_tensor(image)
+                with torch.no_grad():
+                    pred = sift({"image": t})
+                entry[f"K{s}"] = K
+                entry[f"sift_keypoints{s}"] = pred["keypoints"][0].float()
+                entry[f"sift_descriptors{s}"] = pred["descriptors"][0].float()
+                images.append(t[0])
+            entry["image"] = torch.stack(images)
+            out.append(entry)
+        return out
+
+    # ------------------------------------------------------------------------------------------------ steps
+    def training_step(self, batch: dict, step: int):
+        if self.conf.stage == "descriptor":
+            return self._descriptor_step(batch)
+        return self._detector_step(batch)
+
+    def _descriptor_step(self, batch: dict):
+        b = batch["image0"].shape[0]
+        maps = self.model.describe(torch.cat([batch["image0"], batch["image1"]]))
+        pred = {"local_map0": maps["local_map"][:b], "local_map1": maps["local_map"][b:]}
+        losses, metrics = self.loss_fn(pred, batch)
+        w = self.model.bridge.weights.detach() if self.model.bridge is not None else None
+        extra = {"bridge_pn": w[0] / w.sum()} if w is not None else {}
+        terms = {f"loss_{k}": v.detach() for k, v in losses.items() if k != "total"}
+        return losses["total"], {**terms, **metrics, **extra}
+
+    def _detector_step(self, batch: dict):
+        dc = self.conf.detector
+        b = batch["image0"].shape[0]
+        size = tuple(batch["image0"].shape[-2:])
+        extent = map_extent(*size)
+        images = torch.cat([batch["image0"], batch["image1"]])
+        with torch.no_grad():
+            maps = self.model.describe(images)
+        scores = self.model.detect(maps, size)[:, 0].float()
+        dmap = maps["local_map"].float()
+        F01 = fundamental_from_pose(batch["K0"].float(), batch["K1"].float(), batch["T_0to1"].float())
+        total, stats = 0.0, {"expected_reward": [], "keypoints": [], "accept_prob": [], "good_fraction": [],
+                             "f_loss": []}
+        for i in range(b):
+            picks = []
+            for v in (i, b + i):
+                kp, logp, acc = sample_cell_keypoints(scores[v], int(dc.cell), str(dc.accept))
+                desc = sample_map(dmap[v:v + 1], kp[None], extent, normalize=True)[0]
+                picks.append((kp, logp, desc))
+                stats["keypoints"].append(float(len(kp)))
+                stats["accept_prob"].append(float(acc.mean()))
+            (kp0, logp0, d0), (kp1, logp1, d1) = picks
+            if len(kp0) == 0 or len(kp1) == 0:
+                loss = float(dc.keypoint_penalty) * (logp0.sum() + logp1.sum())
+                total = total + loss
+                continue
+            P = scfeat_losses.match_probabilities(d0, d1, float(dc.match_temperature))
+            rewards, good = scfeat_losses.epipolar_rewards(kp0, kp1, F01[i], float(dc.threshold),
+                                                           float(dc.good_reward), float(dc.bad_reward))
+            best = P.argmax(1)
+            hit = good[torch.arange(len(kp0)), best]
+            stats["good_fraction"].append(float(hit.float().mean()))
+            if dc.f_reward and int(hit.sum()) >= int(dc.min_good_matches):
+                lf = fundamental_loss(kp0[hit], kp1[best[hit]], F01[i], batch["K0"][i], batch["K1"][i],
+                                      int(dc.f_draws))
+                rewards = scfeat_losses.scfeat_rewards(good, lf)
+                stats["f_loss"].append(float(lf))
+            loss, expected = scfeat_losses.policy_gradient_loss(logp0, logp1, P, rewards, float(dc.keypoint_penalty))
+            total = total + loss
+            stats["expected_reward"].append(float(expected))
+        metrics = {k: float(np.mean(v)) for k, v in stats.items() if v}
+        return total / b, metrics
+
+    # ----------------------------------------------------------------------------------------- validation
+    def _pose_auc(self, features) -> list[float]:
+        """AUC@5/10/20 over the validation pairs; ``features[k]`` = (kp0, d0, kp1, d1) tensors of pair k."""
+        from ..geometry.pose import pose_auc, relative_pose_error
+        from ..geometry.robust import estimate_relative_pose
+        from ..matching import match_descriptors
+
+        errors = []
+        for p, (kp0, d0, kp1, d1) in zip(self.val_pairs, features):
+            if len(kp0) < 5 or len(kp1) < 5:
+                errors.append(float("inf"))
+                continue
+            m0, _ = match_descriptors(d0.float().cpu(), d1.float().cpu(), mutual=True)
+            m0 = m0.numpy()
+            ok = m0 >= 0
+            R, t, _ = estimate_relative_pose(kp0.cpu().numpy()[ok].astype(np.float64),
+                                             kp1.cpu().numpy()[m0[ok]].astype(np.float64), p["K0"], p["K1"],
+                                             method=self.conf.val.method, threshold=float(self.conf.val.threshold))
+            errors.append(max(relative_pose_error(p["T_0to1"], R, t)))
+        return pose_auc(errors, (5, 10, 20))
+
+    def validate(self) -> dict[str, float]:
+        if not self.val_pairs:
+            return {}
+        th = (5, 10, 20)
+        if self._sift_baseline is None:
+            feats = [(p["sift_keypoints0"], p["sift_descriptors0"], p["sift_keypoints1"], p["sift_descriptors1"])
+                     for p in self.val_pairs]
+            self._sift_baseline = {f"sift_auc@{t}": a for t, a in zip(th, self._pose_auc(feats))}
+        device = next(self.model.parameters()).device
+        size = tuple(int(v) for v in self.conf.data.image_size)
+        extent = map_extent(*size)
+        desc_feats, own_feats, counts = [], [], []
+        for p in self.val_pairs:
+            out = self.model(p["image"].to(device))
+            dmap = self.model.descriptor_map(out).float()
+            row_d, row_o = [], []
+            for s in (0, 1):
+                kp = p[f"sift_keypoints{s}"].to(device)
+                row_d += [kp, sample_map(dmap[s:s + 1], kp[None], extent, normalize=True)[0]]
+                if self.conf.stage == "detector":
+                    k2, _ = detect_keypoints(out["scores"][s, 0].float(), int(self.conf.val.max_keypoints), 1, 0.0, 4)
+                    row_o += [k2, sample_map(dmap[s:s + 1], k2[None], extent, normalize=True)[0]]
+                    counts.append(len(k2))
+            desc_feats.append(tuple(row_d))
+            own_feats.append(tuple(row_o))
+        desc_auc = self._pose_auc(desc_feats)
+        if self.conf.stage == "descriptor":
+            out = {f"auc@{t}": a for t, a in zip(th, desc_auc)}
+        else:
+            out = {f"auc@{t}": a for t, a in zip(th, self._pose_auc(own_feats))}
+            out.update({f"desc_auc@{t}": a for t, a in zip(th, desc_auc)})
+            out["keypoints"] = float(np.mean(counts))
+        return {**out, **self._sift_baseline}
+
+    def save_weights(self, path: Path, info: dict) -> Path:
+        return save_scfeat_weights(self.model, path, extra={"training": {**info, "stage": self.conf.stage},
+                                                            "image_size": list(self.conf.data.image_size),
+                                                            "detector": to_container(self.conf.detector)})
+
+
+# ------------------------------------------------------------------------------------------------ CLI hooks
+def add_arguments(parser) -> None:
+    """Data arguments of ``featlab train scfeat``."""
+    parser.add_argument("--data", type=Path, default=None, metavar="DIR",
+                        help="posed RGB-D sequence (7-Scenes or TUM layout) for training pairs (sets data.root)")
+    parser.add_argument("--colmap", type=Path, action="append", default=None, metavar="DIR",
+                        help="COLMAP project with posed images (images/ + sparse/), repeatable (sets data.colmap)")
+    parser.add_argument("--val-data", type=Path, default=None, metavar="DIR",
+                        help="sequence for validation pairs (sets val.root; default: --data)")
+
+
+def apply_arguments(user: dict, args) -> dict:
+    if args.data:
+        user.setdefault("data", {})["root"] = str(args.data)
+    if args.colmap:
+        user.setdefault("data", {})["colmap"] = [str(p) for p in args.colmap]
+    if args.val_data:
+        user.setdefault("val", {})["root"] = str(args.val_data)
+    return user
+
+
+def check_conf(conf) -> None:
+    """Needs some training data; COLMAP folders pass the split guard too (Herz-Jesus-P25 is evaluation only)."""
+    if not conf.data.root and not conf.data.colmap:
+        raise ConfigError("no training data: pass --data SEQUENCE_DIR and/or --colmap PROJECT_DIR")
+    splits.check_sources([splits.Source("train", str(f), None, "data.colmap") for f in conf.data.colmap],
+                         allow_eval_data=bool(conf.data.allow_eval_data))
+
+
+def check_export(conf, name: str) -> None:
+    check_export_name(name, "scfeat")
+
+
+def build_task(conf) -> SCFeatTask:
+    return SCFeatTask(conf)
+
+
+def export_weights(run_dir: str | Path, name: str, which: str = "best") -> Path:
+    """Copy ``RUN_DIR/<which>.safetensors`` (+ sidecar) to ``featlab/weights/<name>.safetensors`` (+ sidecar)."""
+    check_export_name(name, "scfeat")
+    src = Path(run_dir) / f"{which}.safetensors"
+    load_scfeat_weights(src)
+    return copy_weights(src, WEIGHTS_DIR / f"{name}.safetensors")
+
+
+__all__ = ["default_conf", "SCFeatTask", "PosedPairStream", "ColmapPairs", "ConcatPairs", "cell_queries",
+           "sample_cell_keypoints", "fundamental_loss", "export_weights"]
