@@ -209,7 +209,8 @@ def _load_builtin():
     # import for the side effect of registration; kept lazy so `import featlab` stays fast
     import importlib.util
     from . import handcrafted  # noqa: F401
-    for mod in ("baselines", "depth_baselines", "depthkp", "surf", "residual", "patch_residual", "pose_sift", "caps"):
+    for mod in ("baselines", "depth_baselines", "depthkp", "surf", "residual", "patch_residual", "pose_sift", "caps",
+                "scfeat"):
         if importlib.util.find_spec(f"{__package__}.{mod}") is not None:
             importlib.import_module(f"{__package__}.{mod}")
 
