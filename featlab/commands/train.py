@@ -15,6 +15,9 @@ written and accepts only the overrides of :data:`RESUME_KEYS` (budgets that cann
 selected); each resume that changes one appends a line to ``resume_overrides.jsonl`` beside it, and later resumes
 replay those lines.
 
+Data-parallel training: start the same command under ``torchrun`` (DDP, gloo on the CPU, NCCL on GPUs; see
+:mod:`featlab.training.distributed` and docs/SCALING.md); rank 0 writes the run folder.
+
 Examples::
 
     featlab train residual -o runs/residual-sift        # the split rule's photos (bsds500/train + sun_hays80; val)
@@ -50,6 +53,7 @@ examples:
   featlab train residual -o runs/residual-sift --resume                 # continue after an interruption
   featlab train residual -o runs/residual-sift --resume train.max_steps=40000   # continue with a larger budget
   featlab train residual -o runs/residual-sift --resume --export residual-sift  # ship the best weights
+  torchrun --standalone --nproc_per_node=2 -m featlab train residual -o runs/r2   # data-parallel (DDP), 2 processes
 """
 
 #: method name -> (training module, one-line summary). Summaries live here so that building the CLI parser does
@@ -59,9 +63,12 @@ METHODS = {
                  "self-supervised on synthetic homographies"),
     "caps": ("featlab.training.caps", "CAPS descriptors supervised by relative camera poses only"),
     "scfeat": ("featlab.training.scfeat", "SCFeat detector + descriptor, weakly supervised by poses"),
-    "depth": ("featlab.training.depth", "keypoints and descriptors learned on depth maps"),
+    "depthkp": ("featlab.training.depthkp", "keypoints and descriptors learned on depth maps (Georgakis et al. "
+                "2018) from poses only"),
     "residual-v2": ("featlab.training.patch_residual", "residual descriptor v2: RootSIFT + learned oriented-patch "
                     "descriptor, fitted fusion"),
+    "pose": ("featlab.training.pose", "pose-sift: RootSIFT + oriented-patch residual trained from camera poses on "
+             "any posed collection (train / select / held-out split, --init, held-out AUC before and after)"),
 }
 
 logger = logging.getLogger(__name__)
@@ -222,6 +229,7 @@ def resolve_run_conf(mod, args):
 
 def run(args) -> int:
     from ..datasets import splits  # registers ${featlab_data:...} before the method's YAML is read
+    from ..training import distributed
     from ..training.loop import checkpoint_path, seed_everything, train
 
     mod = importlib.import_module(METHODS[args.method][0])
@@ -235,17 +243,26 @@ def run(args) -> int:
     if not args.resume and checkpoint_path(run_dir).exists():
         raise InputError(f"{run_dir} already holds a training run; pass --resume to continue it or choose "
                          f"another output folder")
+    # under torchrun: join the process group (gloo or NCCL by train.device); one process: nothing happens
+    # (an error on one rank ends that process; torchrun then stops the others)
+    main = distributed.setup(str(conf.train.device)).is_main
     seed_everything(int(conf.train.seed))  # before the model is built: its initial weights depend on the seed
     task = mod.build_task(conf)  # bad data or init files fail here, before anything is written
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if args.resume:
-        record_resume(run_dir, changes)  # config.yaml stays as the run was started
-    else:
-        save_conf(conf, run_dir / "config.yaml")
+    if main:  # rank 0 writes the run folder
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if args.resume:
+            record_resume(run_dir, changes)  # config.yaml stays as the run was started
+        else:
+            save_conf(conf, run_dir / "config.yaml")
     summary = train(task, conf.train, run_dir, resume=args.resume, full_config=conf)
+    distributed.shutdown()
+    if not main:
+        return 0
     print(json.dumps({k: v for k, v in summary.items() if k != "last_val"}, default=float))
     if summary.get("last_val"):
         print("last validation: " + ", ".join(f"{k}={v:.4f}" for k, v in summary["last_val"].items()))
+    if hasattr(mod, "after_training"):  # e.g. pose: held-out AUC before and after
+        mod.after_training(task, run_dir)
     if args.export:
         dst = mod.export_weights(run_dir, args.export)
         print(f"exported best weights to {dst}")

@@ -17,6 +17,12 @@ Reproducibility: the task must make the batch of step s a function of (seed, s) 
 starts at any step), so a resumed run sees exactly the batches an uninterrupted one would; the model, the
 optimiser state and the global RNG states are restored from the checkpoint. Under these conditions a resumed run
 produces the same next step as the uninterrupted one (bit-identical on the same machine and thread count).
+
+Data-parallel (``torchrun``, :mod:`featlab.training.distributed`): the same loop runs in every process; the
+task's training step runs under DDP (gradients averaged over processes), :func:`iterate_batches` gives each rank
+its part of the step's samples, and rank 0 alone validates, logs and writes files. Every record of
+``metrics.jsonl`` carries ``world_size``; training metrics are means over the processes. A run resumes with the
+world size it was started with (checked), and each rank gets its own RNG states back.
 """
 from __future__ import annotations
 
@@ -37,6 +43,7 @@ from ..conf import none_or, resolve_conf, to_container
 from ..errors import ConfigError, InputError
 from ..io.atomic import atomic_path, atomic_write_text
 from ..rng import role_rng
+from . import distributed
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +79,10 @@ class TrainingTask:
     model: nn.Module
 
     def batches(self, start_step: int) -> Iterator[dict]:
-        """Endless batches; the first one is that of step ``start_step`` and each depends only on (seed, step)."""
+        """Endless batches; the first one is that of step ``start_step`` and each depends only on (seed, step).
+
+        Under DDP each process must yield its own part of the step's samples: build the batches with
+        :func:`iterate_batches`, which does that (or read :func:`featlab.training.distributed.context`)."""
         raise NotImplementedError
 
     def set_compute(self, dtype: str, channels_last: bool) -> None:
@@ -100,13 +110,18 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_states() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # dropout on the GPU draws from the CUDA RNG
+        states["cuda"] = torch.cuda.get_rng_state()
+    return states
 
 
 def set_rng_states(states: dict) -> None:
     random.setstate(states["python"])
     np.random.set_state(states["numpy"])
     torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["cuda"])
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
@@ -230,7 +245,9 @@ def train(task: TrainingTask, conf, run_dir: str | Path, resume: bool = False, f
         summary dict: ``step``, ``best_metric``, ``best_value``, ``best_step``, ``time`` (s), ``last_val``.
     """
     conf = resolve_conf(default_conf, conf, "train")
-    device, dtype = resolve_device_dtype(str(conf.device), str(conf.dtype))
+    dist = distributed.context()
+    main = dist.is_main  # rank 0 validates, logs and writes; every rank trains
+    device, dtype = resolve_device_dtype(distributed.local_device(str(conf.device)), str(conf.dtype))
     channels_last = dtype == "bfloat16" if conf.channels_last in (None, "auto") else bool(conf.channels_last)
     for key in ("log_every", "val_every", "checkpoint_every"):
         if int(conf[key]) < 1:
@@ -238,11 +255,13 @@ def train(task: TrainingTask, conf, run_dir: str | Path, resume: bool = False, f
     if conf.num_threads:
         torch.set_num_threads(int(conf.num_threads))
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = checkpoint_path(run_dir)
     model = task.model.to(device)
     task.set_compute(dtype, channels_last)
-    logger.info("training on %s, %s%s", device, dtype, ", channels_last" if channels_last else "")
+    logger.info("training on %s, %s%s%s", device, dtype, ", channels_last" if channels_last else "",
+                f", {dist.world_size} processes ({dist.backend})" if dist.distributed else "")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=conf.lr, weight_decay=conf.weight_decay)
     log = MetricsLog(run_dir / "metrics.jsonl")
@@ -252,25 +271,36 @@ def train(task: TrainingTask, conf, run_dir: str | Path, resume: bool = False, f
     last_val: dict = {}
     if resume:
         state = load_checkpoint(ckpt_path)
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != dist.world_size:  # the samples of a step depend on the number of processes
+            raise ConfigError(f"{run_dir} was trained with {saved_world} process(es); resume it with the same "
+                              f"number (torchrun --nnodes x --nproc_per_node = {saved_world}), not "
+                              f"{dist.world_size}")
         model.load_state_dict(state["model"])
         model.to(device)
         optimizer.load_state_dict(state["optimizer"])
-        set_rng_states(state["rng"])
+        set_rng_states(state["rng_ranks"][dist.rank] if "rng_ranks" in state else state["rng"])
         step, elapsed, train_time = state["step"], state["time"], state["train_time"]
         best, last_val = state["best"], state.get("last_val", {})
-        log.truncate_after(step)
+        if main:
+            log.truncate_after(step)
         logger.info("resumed %s at step %d", run_dir, step)
     else:
         if ckpt_path.exists():
             raise InputError(f"{run_dir} already holds a training run ({ckpt_path}); pass --resume to continue it "
                              f"or choose another output folder")
         seed_everything(int(conf.seed))
-        log.reset()
+        if main:
+            log.reset()
+    # DDP from here on (a no-op for one process); its constructor broadcasts rank 0's weights
+    step_fn = distributed.wrap_task(task, device)
+    distributed.barrier()  # no rank starts while another may still find a missing checkpoint or config
 
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
-    writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=step if resume else None)
+    writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=step if resume else None) if main else None
+    world = {"world_size": dist.world_size}
     amp = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext()
     t_start = time.perf_counter()
 
@@ -278,21 +308,27 @@ def train(task: TrainingTask, conf, run_dir: str | Path, resume: bool = False, f
         return elapsed + time.perf_counter() - t_start
 
     def checkpoint():
+        rng_ranks = distributed.all_gather(rng_states())  # a collective: every rank checkpoints at the same steps
+        if not main:
+            return
         save_checkpoint(ckpt_path, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "rng": rng_states(),
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "rng": rng_ranks[0],
+            "rng_ranks": rng_ranks, "world_size": dist.world_size,
             "config": to_container(full_config) if full_config is not None else None, "train_conf":
             to_container(conf), "device": str(device), "dtype": dtype, "channels_last": channels_last,
             "best": best, "last_val": last_val, "time": now(), "train_time": train_time})
 
     def validate():
         nonlocal last_val
+        if not main:  # the weights are the same on every rank: rank 0 validates while the others wait
+            return
         model.eval()
         t0 = time.perf_counter()
         with torch.no_grad(), amp:
             metrics = {k: _scalar(v) for k, v in task.validate().items()}
         model.train()
         last_val = metrics
-        log.write({"kind": "val", "step": step, "time": now(), "train_time": train_time,
+        log.write({"kind": "val", "step": step, "time": now(), "train_time": train_time, **world,
                    "val_seconds": time.perf_counter() - t0, **{f"val/{k}": v for k, v in metrics.items()}})
         for k, v in metrics.items():
             writer.add_scalar(f"val/{k}", v, step)
@@ -310,8 +346,8 @@ def train(task: TrainingTask, conf, run_dir: str | Path, resume: bool = False, f
     if step == 0 and conf.validate_at_start:
         validate()
     model.train()
-    pbar = tqdm(total=int(conf.max_steps), initial=step, disable=not conf.progress, desc="train", unit="step",
-                dynamic_ncols=True)
+    pbar = tqdm(total=int(conf.max_steps), initial=step, disable=not (conf.progress and main), desc="train",
+                unit="step", dynamic_ncols=True)
     window: dict[str, list[float]] = {}
     skipped = 0
     batches = None
@@ -322,12 +358,15 @@ def train(task: TrainingTask, conf, run_dir: str | Path, resume: bool = False, f
             t0 = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
             with amp:
-                loss, metrics = task.training_step(batch, step)
-            if not torch.isfinite(loss):
+                loss, metrics = step_fn(batch, step)
+            # backward on every rank even for a bad loss (DDP needs all ranks in its gradient all-reduce); the
+            # update is skipped on all ranks when any rank's loss is not finite
+            if loss.requires_grad:  # a loss without graph (nothing to learn from this batch) has no backward
+                loss.backward()
+            if distributed.any_rank(not bool(torch.isfinite(loss))):
                 skipped += 1
                 logger.warning("step %d: non-finite loss %s, update skipped", step, loss.item())
             else:
-                loss.backward()
                 if conf.grad_clip:
                     metrics = {**metrics, "grad_norm": torch.nn.utils.clip_grad_norm_(params, conf.grad_clip)}
                 if conf.lr_decay_every:  # a function of the step, so resuming needs no scheduler state
@@ -342,13 +381,16 @@ def train(task: TrainingTask, conf, run_dir: str | Path, resume: bool = False, f
             pbar.update(1)
             pbar.set_postfix(loss=f"{window['loss'][-1]:.4f}", s_per_step=f"{dt:.2f}", refresh=False)
             if step % conf.log_every == 0 or step == conf.max_steps:
-                means = {k: float(np.mean(v)) for k, v in window.items()}
-                log.write({"kind": "train", "step": step, "time": now(), "train_time": train_time, **means,
-                           "skipped": skipped})
-                for k, v in means.items():
-                    writer.add_scalar(f"train/{k}", v, step)
+                means = distributed.mean_over_ranks({k: float(np.mean(v)) for k, v in window.items()})
+                if main:
+                    log.write({"kind": "train", "step": step, "time": now(), "train_time": train_time, **world,
+                               **means, "skipped": skipped})
+                    for k, v in means.items():
+                        writer.add_scalar(f"train/{k}", v, step)
                 window = {}
-            out_of_time = conf.max_minutes is not None and time.perf_counter() - t_start > 60 * float(conf.max_minutes)
+            # rank 0's clock decides, so that every rank stops after the same step
+            out_of_time = distributed.any_rank(main and conf.max_minutes is not None
+                                               and time.perf_counter() - t_start > 60 * float(conf.max_minutes))
             if step % conf.val_every == 0 or step == conf.max_steps or out_of_time:
                 validate()
             if step % conf.checkpoint_every == 0 or step == conf.max_steps or out_of_time:
@@ -361,25 +403,38 @@ def train(task: TrainingTask, conf, run_dir: str | Path, resume: bool = False, f
         if hasattr(batches, "close"):
             batches.close()  # shuts the data workers down
         pbar.close()
-        writer.close()
-    task.save_weights(run_dir / "final.safetensors", {"step": step, "val": last_val})
-    return {"step": step, "device": str(device), "dtype": dtype, "channels_last": channels_last,
+        if writer is not None:
+            writer.close()
+    if main:
+        task.save_weights(run_dir / "final.safetensors", {"step": step, "val": last_val})
+    return {"step": step, "world_size": dist.world_size, "device": str(device), "dtype": dtype,
+            "channels_last": channels_last,
             "best_metric": conf.best_metric, "best_value": best["value"], "best_step": best["step"],
             "time": now(), "train_time": train_time, "last_val": last_val, "skipped_steps": skipped}
 
 
 class IndexSampler(torch.utils.data.Sampler):
-    """Endless global sample indices start, start + 1, ...: the data of step s is a function of (seed, s), so a
-    resumed run continues with exactly the batches an uninterrupted run would have seen."""
+    """Endless global sample indices of one process, step by step from ``start_step``: the data of step s is a
+    function of (seed, s), so a resumed run continues with exactly the batches an uninterrupted run would have seen.
 
-    def __init__(self, start: int):
-        self.start = start
+    The distributed sampler: step s has the ``world_size * batch_size`` global samples
+    ``[s W B, (s + 1) W B)``; rank r takes the block ``[(s W + r) B, (s W + r + 1) B)``. The ranks' blocks are
+    disjoint and together are the samples of one process with batch ``W B`` (one process: s B, s B + 1, ...).
+    Not :class:`torch.utils.data.DistributedSampler`: it splits a finite epoch and needs ``set_epoch`` and
+    skipping to resume mid-epoch, where featlab's samples are already functions of an endless global index.
+    """
+
+    def __init__(self, start_step: int, batch_size: int = 1, rank: int = 0, world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside [0, {world_size})")
+        self.start_step, self.batch_size, self.rank, self.world_size = start_step, batch_size, rank, world_size
 
     def __iter__(self):
-        i = self.start
+        s, b, w = self.start_step, self.batch_size, self.world_size
         while True:
-            yield i
-            i += 1
+            first = (s * w + self.rank) * b
+            yield from range(first, first + b)
+            s += 1
 
 
 def worker_init(_):
@@ -393,7 +448,8 @@ def worker_init(_):
 
 def iterate_batches(dataset, batch_size: int, num_workers: int, start_step: int,
                     multiprocessing_context: str | None = None):
-    """Endless batches of ``dataset`` from global step ``start_step`` on (see :class:`IndexSampler`).
+    """Endless batches of ``dataset`` from global step ``start_step`` on (see :class:`IndexSampler`); under DDP,
+    this process's ``batch_size`` samples of each step.
 
     A :class:`~featlab.errors.FeatlabError` raised in a worker is re-raised here with its one-line message.
     ``multiprocessing_context="spawn"`` for datasets that run OpenCV in workers after the parent did: a process
@@ -404,8 +460,12 @@ def iterate_batches(dataset, batch_size: int, num_workers: int, start_step: int,
     from ..errors import FeatlabError
 
     workers = int(num_workers)
-    loader = DataLoader(dataset, batch_size=int(batch_size), sampler=IndexSampler(start_step * int(batch_size)),
-                        num_workers=workers, worker_init_fn=worker_init if workers else None,
+    dist = distributed.context()
+    sampler = IndexSampler(start_step, int(batch_size), dist.rank, dist.world_size)
+    # its own generator: creating a DataLoader iterator draws a worker seed, which from the global RNG would shift
+    # the draws (dropout) of a resumed run against the uninterrupted one (samples are seeded by index anyway)
+    loader = DataLoader(dataset, batch_size=int(batch_size), sampler=sampler,
+                        generator=torch.Generator().manual_seed(0), num_workers=workers, worker_init_fn=worker_init if workers else None,
                         prefetch_factor=2 if workers else None,
                         multiprocessing_context=multiprocessing_context if workers else None,
                         persistent_workers=False)
