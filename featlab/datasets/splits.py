@@ -8,6 +8,9 @@ for every training run (``featlab train``). Paths are relative to the data root 
 - 7-Scenes redkitchen (``rgbd/7scenes_redkitchen``): train on frames 0-349; select on frames 360-399; report on
   frames 400-499 only. Frames 350-359 are a buffer: neighbouring frames are nearly the same image.
 - Strecha: ``posed/strecha/castle-P30`` may train; ``posed/strecha/Herz-Jesus-P25`` is for evaluation only.
+- Any posed collection (``featlab train pose --data``): split into train / select / held-out parts of contiguous
+  views in frame order or by viewing direction (:func:`split_views`, :func:`viewpoint_order`), with buffer views
+  between parts; the held-out part is only reported on.
 
 Evaluation-only data (a photo folder under ``photos/bsds500/test`` or ``posed/strecha/Herz-Jesus-P25``, or a
 folder holding one; 7-Scenes redkitchen frames >= 400) is refused for training and selection with a one-line
@@ -145,6 +148,13 @@ def sources_of(conf) -> list[Source]:
         frames = val.get("frame_range")
         out.append(Source("select", val.get("root") or data.get("root"), None if frames is None else tuple(frames),
                           "val.frame_range"))
+    for k, c in enumerate(data.get("collections") or []):  # posed collections split by split_views (featlab train pose)
+        ranges = (c.get("ranges") or {}) if c.get("split") == "ranges" else {}
+        for role in ROLES:
+            frames = ranges.get(role)
+            if c.get("split") != "ranges" or frames is not None:
+                out.append(Source(role, c.get("root"), None if frames is None else tuple(frames),
+                                  f"data.collections[{k}]"))
     return out
 
 
@@ -172,6 +182,89 @@ def check_sources(sources: Iterable[Source], allow_eval_data: bool = False) -> N
                               f"anyway")
 
 
+# ------------------------------------------------------------------------------------------ posed collections
+#: the parts a posed collection is split into (featlab train pose): optimised on, selected on, reported on
+VIEW_PARTS = ("train", "select", "heldout")
+
+
+def viewpoint_order(T_w2c) -> list[int]:
+    """Views ordered by the azimuth of their viewing direction about the collection's mean up axis.
+
+    The up axis is the mean of the cameras' ``-y`` axes in world coordinates (OpenCV cameras: y points down);
+    each optical axis is projected onto the plane orthogonal to it and the views are sorted by its angle there,
+    starting after the largest angular gap, so that views around a building (or a turn of a sequence) form
+    contiguous arcs.
+
+    Args:
+        T_w2c: (N, 4, 4) world-to-camera poses (rows of NaNs: no pose, placed last).
+    Returns:
+        the N view indices in that order.
+    """
+    import numpy as np
+
+    T = np.asarray(T_w2c, np.float64)
+    posed = np.flatnonzero(np.isfinite(T).all((1, 2)))
+    R = T[posed, :3, :3]
+    axes, downs = R[:, 2, :], R[:, 1, :]  # rows of R: camera axes in world coordinates
+    up = -downs.mean(0)
+    up /= max(np.linalg.norm(up), 1e-12)
+    e1 = axes.mean(0) - up * (axes.mean(0) @ up)
+    if np.linalg.norm(e1) < 1e-9:  # directions spread all around: any axis in the plane
+        e1 = np.cross(up, [1.0, 0.0, 0.0] if abs(up[0]) < 0.9 else [0.0, 1.0, 0.0])
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(up, e1)
+    angle = np.arctan2(axes @ e2, axes @ e1)
+    order = np.argsort(angle, kind="stable")
+    if len(order) > 1:
+        gaps = np.diff(np.concatenate([angle[order], angle[order[:1]] + 2 * np.pi]))
+        order = np.roll(order, -((int(np.argmax(gaps)) + 1) % len(order)))
+    missing = np.setdiff1d(np.arange(len(T)), posed)
+    return [int(i) for i in posed[order]] + [int(i) for i in missing]
+
+
+def split_views(order, fractions=(0.6, 0.2, 0.2), buffer: int = 1) -> dict[str, list[int]]:
+    """Split views into contiguous train / select / held-out runs of ``order`` with ``buffer`` views between parts.
+
+    The buffer views (neighbours of the boundaries: nearly the same image as the last view of the previous part)
+    belong to no part, so no held-out or selection view has a near-duplicate in training.
+
+    Args:
+        order: view indices in frame order (a sequence) or :func:`viewpoint_order`.
+        fractions: (train, select, heldout) shares of the views left after the buffers (>= 0, sum > 0); a
+            zero share gives an empty part (and no buffer before it).
+        buffer: views left out between two non-empty parts.
+    Returns:
+        ``{"train": [...], "select": [...], "heldout": [...]}`` sorted index lists, pairwise disjoint.
+    Raises:
+        ConfigError: bad fractions or buffer, or too few views for a non-empty part.
+    """
+    order = [int(i) for i in order]
+    fr = [float(f) for f in fractions]
+    if len(fr) != 3 or min(fr) < 0 or sum(fr) <= 0 or int(buffer) < 0:
+        raise ConfigError(f"split fractions must be 3 shares >= 0 with a positive sum and buffer >= 0, got "
+                          f"{list(fractions)} and {buffer}")
+    wanted = [k for k in range(3) if fr[k] > 0]
+    free = len(order) - int(buffer) * (len(wanted) - 1)
+    if free < len(wanted):
+        raise ConfigError(f"cannot split {len(order)} views into {len(wanted)} parts with {buffer} buffer views "
+                          f"between them")
+    total = sum(fr)
+    counts = [0, 0, 0]
+    for k in wanted:  # largest remainder: every wanted part gets at least one view
+        counts[k] = max(1, int(free * fr[k] / total))
+    while sum(counts) > free:
+        counts[max(wanted, key=lambda k: counts[k])] -= 1
+    while sum(counts) < free:
+        counts[max(wanted, key=lambda k: free * fr[k] / total - counts[k])] += 1
+    out, start = {}, 0
+    for k, part in enumerate(VIEW_PARTS):
+        if counts[k] and start:
+            start += int(buffer)
+        out[part] = sorted(order[start:start + counts[k]])
+        start += counts[k]
+    return out
+
+
 def check_run(conf) -> None:
     """:func:`check_sources` on :func:`sources_of` ``conf``, with its ``data.allow_eval_data`` (false if the
     method has no such key). Called by ``featlab train`` for every method before anything is written.
@@ -185,4 +278,5 @@ def check_run(conf) -> None:
 
 __all__ = ["DATA_ENV", "ALLOW_KEY", "TRAIN_PHOTOS", "OPTIONAL_TRAIN_PHOTOS", "SELECT_PHOTOS", "REPORT_PHOTOS",
            "EVAL_ONLY_FOLDERS", "TRAIN_FRAMES", "SELECT_FRAMES", "REPORT_FRAMES", "Source", "data_root",
-           "data_path", "eval_only_folder", "eval_only_frames", "sources_of", "check_sources", "check_run"]
+           "data_path", "eval_only_folder", "eval_only_frames", "sources_of", "check_sources", "check_run",
+           "VIEW_PARTS", "viewpoint_order", "split_views"]
