@@ -44,6 +44,9 @@ def register(sub):
                    help="warn about unreadable images and continue (default: stop with an error)")
     p.add_argument("--overwrite", action="store_true",
                    help="start from scratch instead of resuming (the old output is replaced at the end)")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="extract only shard I of N (0 <= I < N): "
+                        "a block of the sorted images; `featlab merge` joins the shard files (docs/SCALING.md)")
     p.set_defaults(func=run)
 
 
@@ -108,6 +111,8 @@ def run(args) -> int:
     # weights file, so that a resume never mixes two models, two versions of one weights file or two configs
     record = {"kind": "features", "model": args.model, "extractor": extractor_identity(extractor),
               "as_half": bool(args.as_half)}
+    from ..io.shards import select_shard
+    names, files = select_shard(args.shard, record, names, files)  # --shard I/N: one block of the sorted images
     resize = record["extractor"]["conf"].get("resize")
 
     # fast path: a complete output with everything in it

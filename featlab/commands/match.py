@@ -47,6 +47,9 @@ def register(sub):
     p.add_argument("--as-half", action="store_true", help="store matching scores as float16 (as hloc)")
     p.add_argument("--overwrite", action="store_true",
                    help="start from scratch instead of resuming (the old output is replaced at the end)")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="match only shard I of N (0 <= I < N): "
+                        "a block of the pair list; `featlab merge` joins the shard files (docs/SCALING.md)")
     p.set_defaults(func=run)
 
 
@@ -141,6 +144,8 @@ def run(args) -> int:
     record = {"kind": "matches", "features": read_record(args.features) or {},
               "matcher": {"mutual": bool(args.mutual), "ratio": args.ratio,
                           "distance_threshold": args.distance_threshold}, "as_half": bool(args.as_half)}
+    from ..io.shards import select_shard
+    pairs, = select_shard(args.shard, record, pairs)  # --shard I/N: one block of the pair list
 
     if args.output.exists() and not args.overwrite and not partial_path(args.output).exists():
         check_output_record(args.output, record)
