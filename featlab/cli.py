@@ -9,7 +9,7 @@ import sys
 from .errors import FeatlabError
 
 #: subcommand modules in the order they appear in --help
-COMMANDS = ["demo", "extract", "match", "merge", "eval", "train", "curves", "models"]
+COMMANDS = ["demo", "extract", "match", "merge", "reconstruct", "eval", "train", "curves", "models"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,6 +6,8 @@
   featlab eval relpose   relative pose on an RGB-D sequence (7-Scenes/TUM layout) or a COLMAP model (wide
                          baseline, e.g. Strecha's Herz-Jesus-P25): AUC@5/10/20 per gap
   featlab eval speed     extraction and matching time per method and image size
+  featlab eval sfm       reconstructions (featlab reconstruct) against ground-truth cameras: Sim(3)
+                         alignment, per-image rotation and position errors, registered images
 
 Features are extracted once per image and cached under OUTDIR/cache (rerunning reuses them); results are written
 to OUTDIR as JSON (every number plus the resolved config), a Markdown table and a plot.
@@ -122,6 +124,9 @@ def register(sub):
                    help="image to time on (default: scikit-image's astronaut photo)")
     s.add_argument("--max-keypoints", type=int, default=2048, help="top-k keypoints (default: 2048)")
     s.set_defaults(func=run_speed)
+
+    from ..eval.sfm import add_cli as _add_sfm  # featlab eval sfm: defined beside its benchmark
+    _add_sfm(esub)
 
 
 HPATCHES_DOC = """Homography benchmark (SuperPoint / D2-Net metrics), under a named protocol.

@@ -2,6 +2,14 @@
 
 Every image enters featlab through :func:`read_image`: it returns an RGB ``uint8`` array (H, W, 3) whatever the
 file holds (grayscale, 16-bit, RGBA, palette), or raises :class:`~featlab.errors.InputError` naming the file.
+
+EXIF orientation rule (one rule, everywhere): an image is read **as displayed**, i.e. with its EXIF orientation
+tag (0x0112, values 2-8) applied, as OpenCV's ``imread`` (which hloc uses), PIL's ``exif_transpose`` and image
+viewers do. Keypoints, ``image_size`` in features files, cameras written by ``featlab reconstruct`` and every
+picture featlab draws are therefore in the pixels of the upright image. COLMAP's own reader does the opposite
+(pixels as stored, so that rotated shots share one camera): a COLMAP tool that re-reads the files (e.g. the dense
+``image_undistorter``) must be given physically rotated copies of images whose tag is not 1
+(``mogrify -auto-orient``). :func:`exif_orientation` reads the tag.
 """
 from __future__ import annotations
 
@@ -61,7 +69,7 @@ def read_image(path: str | Path) -> np.ndarray:
     if path.stat().st_size == 0:
         raise InputError(f"empty image file: {path}")
     data = np.fromfile(str(path), dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)  # UNCHANGED keeps 16-bit and alpha, and ignores EXIF: see below
     if img is None:
         img = _read_with_pil(path)
     else:
@@ -69,7 +77,30 @@ def read_image(path: str | Path) -> np.ndarray:
             img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
         elif img.ndim == 3 and img.shape[2] == 4:
             img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
+    img = apply_exif_orientation(img, exif_orientation(path))  # the module's one rule: read as displayed
     return as_rgb_uint8(img, name=str(path))
+
+
+def exif_orientation(path: str | Path) -> int:
+    """The EXIF orientation tag of an image file (1-8), 1 when absent, invalid or unreadable."""
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:  # reads the header only
+            value = int(im.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - no or broken EXIF: the stored orientation is the displayed one
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def apply_exif_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn an (H, W[, C]) array as stored into the array as displayed under EXIF ``orientation`` (1-8; the
+    transposing values 5-8 give (W, H[, C])). Same result as PIL's ``ImageOps.exif_transpose``."""
+    ops = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+           5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1), 7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+           8: lambda a: np.rot90(a, 1)}
+    op = ops.get(int(orientation))
+    return img if op is None else np.ascontiguousarray(op(img))
 
 
 def _read_with_pil(path: Path) -> np.ndarray:
