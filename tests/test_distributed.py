@@ -69,6 +69,32 @@ TOY = textwrap.dedent('''
             "lr": 1e-2, "progress": False, "dtype": "float32", "device": "cpu"}
 
 
+    class WithUnused(nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net, self.unused = net, nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.net(x)
+
+
+    def unused_parameters(out):
+        """A model with a parameter outside the loss: refused (one-line error) unless DDP is told, then trained."""
+        from featlab.errors import ConfigError
+
+        task = Task(4)
+        task.model = WithUnused(task.model)
+        try:
+            loop.train(task, CONF, out / "refused")
+            refused = ""
+        except ConfigError as e:
+            refused = str(e)
+        task = Task(4)
+        task.model = WithUnused(task.model)
+        summary = loop.train(task, {**CONF, "ddp_find_unused_parameters": True}, out / "told")
+        return refused, summary["step"]
+
+
     def run(out, batch_size, dropout=0.0, resume_at=None):
         """Train 6 steps into out (stopping at resume_at and resuming with a fresh task); returns the task."""
         loop.seed_everything(0)
@@ -90,8 +116,9 @@ TOY = textwrap.dedent('''
         runs = {"plain": run(out / "plain", 4), "dropout": run(out / "dropout", 4, 0.3),
                 "resumed": run(out / "resumed", 4, 0.3, resume_at=3)}
         params = {k: [p.detach().flatten().tolist() for p in t.model.parameters()] for k, t in runs.items()}
+        refused, told_steps = unused_parameters(out)
         report = {"rank": ctx.rank, "world_size": ctx.world_size, "backend": ctx.backend,
-                  "seen": runs["plain"].seen, "params": params}
+                  "seen": runs["plain"].seen, "params": params, "unused_refused": refused, "unused_steps": told_steps}
         (out / f"rank{ctx.rank}.json").write_text(json.dumps(report))
         distributed.shutdown()
 ''')
@@ -214,6 +241,12 @@ class TestTwoProcesses:
         assert [r["step"] for r in lines if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
         with pytest.raises(ConfigError, match="2 process"):
             loop.train(toy.Task(4), {**toy.CONF, "max_steps": 8}, out / "resumed", resume=True)
+
+
+def test_parameters_outside_the_loss_need_the_flag(ddp_run):
+    _, reports, _ = ddp_run
+    for r in reports:
+        assert "train.ddp_find_unused_parameters=true" in r["unused_refused"] and r["unused_steps"] == 6
 
 
 @pytest.mark.slow  # synthetic photos, but two processes that import OpenCV and build SIFT: ~45 s on 2 cores

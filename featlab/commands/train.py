@@ -78,6 +78,7 @@ RESUME_KEYS = {
     "train.max_steps": "step budget: the steps already taken are the same",
     "train.max_minutes": "wall-clock budget of one invocation",
     "train.progress": "progress bar only",
+    "train.ddp_find_unused_parameters": "DDP bookkeeping only: the gradients are the same",
     "data.num_workers": "loader processes only: the data of step s is a function of (seed, s)",
 }
 #: beside config.yaml: one JSON line per resume that changed a key of RESUME_KEYS

@@ -190,12 +190,13 @@ class _TaskStep(nn.Module):
         return self.task.training_step(batch, step)
 
 
-def wrap_task(task, device: torch.device):
+def wrap_task(task, device: torch.device, find_unused_parameters: bool = False):
     """A callable ``step_fn(batch, step) -> (loss, metrics)``: the task's training step, under DDP when running
     distributed (gradients averaged over processes in ``backward``), else the task's own method.
 
-    ``find_unused_parameters``: tasks may leave trainable parameters out of a step's loss (frozen branches, a
-    loss term that starts later); DDP then needs to look for them. The graph walk costs little next to a CNN step.
+    ``find_unused_parameters``: needed by a task that leaves trainable parameters out of a step's loss (a loss
+    term that starts later, a branch used every other step); DDP then walks the autograd graph each step. The
+    residual, residual-v2 and CAPS steps use every trainable parameter (checked), so it is off by default.
     """
     ctx = context()
     if not ctx.distributed:
@@ -203,7 +204,8 @@ def wrap_task(task, device: torch.device):
     from torch.nn.parallel import DistributedDataParallel
 
     device_ids = [device.index if device.index is not None else ctx.local_rank] if device.type == "cuda" else None
-    return DistributedDataParallel(_TaskStep(task), device_ids=device_ids, find_unused_parameters=True)
+    return DistributedDataParallel(_TaskStep(task), device_ids=device_ids,
+                                   find_unused_parameters=find_unused_parameters)
 
 
 __all__ = ["Context", "TIMEOUT", "all_gather", "any_rank", "barrier", "context", "launched", "local_device",

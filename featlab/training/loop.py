@@ -68,6 +68,8 @@ default_conf = {
     "lr_decay_factor": 0.5,
     "num_threads": none_or(int),  # torch intra-op threads; null: torch's default
     "progress": True,  # tqdm progress bar
+    "ddp_find_unused_parameters": False,  # under torchrun: true for a task whose loss leaves some trainable
+    #                      parameters out of a step (DDP stops with an error otherwise); costs a graph walk per step
     "max_minutes": none_or(float),  # wall-clock budget of this invocation: stop (validate, checkpoint) after the
     #                      step that passes it; --resume continues with a fresh budget. null: no budget
 }
@@ -293,7 +295,7 @@ def train(task: TrainingTask, conf, run_dir: str | Path, resume: bool = False, f
         if main:
             log.reset()
     # DDP from here on (a no-op for one process); its constructor broadcasts rank 0's weights
-    step_fn = distributed.wrap_task(task, device)
+    step_fn = distributed.wrap_task(task, device, bool(conf.ddp_find_unused_parameters))
     distributed.barrier()  # no rank starts while another may still find a missing checkpoint or config
 
     from torch.utils.tensorboard import SummaryWriter
@@ -357,8 +359,14 @@ def train(task: TrainingTask, conf, run_dir: str | Path, resume: bool = False, f
             batch = to_device(next(batches), device)
             t0 = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
-            with amp:
-                loss, metrics = step_fn(batch, step)
+            try:
+                with amp:
+                    loss, metrics = step_fn(batch, step)
+            except RuntimeError as e:
+                if "find_unused_parameters" not in str(e):
+                    raise
+                raise ConfigError("this task leaves some trainable parameters out of its loss, which DDP must be "
+                                  "told: set train.ddp_find_unused_parameters=true") from None
             # backward on every rank even for a bad loss (DDP needs all ranks in its gradient all-reduce); the
             # update is skipped on all ranks when any rank's loss is not finite
             if loss.requires_grad:  # a loss without graph (nothing to learn from this batch) has no backward
@@ -465,7 +473,8 @@ def iterate_batches(dataset, batch_size: int, num_workers: int, start_step: int,
     # its own generator: creating a DataLoader iterator draws a worker seed, which from the global RNG would shift
     # the draws (dropout) of a resumed run against the uninterrupted one (samples are seeded by index anyway)
     loader = DataLoader(dataset, batch_size=int(batch_size), sampler=sampler,
-                        generator=torch.Generator().manual_seed(0), num_workers=workers, worker_init_fn=worker_init if workers else None,
+                        generator=torch.Generator().manual_seed(0), num_workers=workers,
+                        worker_init_fn=worker_init if workers else None,
                         prefetch_factor=2 if workers else None,
                         multiprocessing_context=multiprocessing_context if workers else None,
                         persistent_workers=False)
