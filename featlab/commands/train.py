@@ -120,8 +120,14 @@ def register(sub):
 
 def method_parser(name: str, mod) -> argparse.ArgumentParser:
     """The parser of ``featlab train NAME``: common arguments plus the method's data arguments."""
+    # the general examples are residual's: a method's own help shows its name with the options all methods share
+    general = DESCRIPTION.split("\nexamples:")[0]
+    examples = (f"\nexamples:\n  featlab train {name} -o runs/{name}\n"
+                f"  featlab train {name} -o runs/{name} --resume train.max_steps=40000   # continue, larger budget\n"
+                f"  featlab train {name} -o runs/{name} --resume --export {name}   # ship the best weights\n")
     mp = _OverridesParser(prog=f"featlab train {name}", description=f"Train the {METHODS[name][1]}.\n\n"
-                          + DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+                          + (DESCRIPTION if name == "residual" else general + examples),
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
     mp.add_argument("-o", "--output", type=Path, required=True, metavar="RUN_DIR",
                     help="run folder: config, checkpoints, metrics.jsonl, TensorBoard logs, best weights")
     mp.add_argument("--config", type=Path, default=None,

@@ -1,0 +1,100 @@
+"""``depthkp``: learned keypoints and descriptors on depth maps (Georgakis et al. 2018, RECIPES section 4).
+
+A depth extractor (``inputs = "depth"``, see the data contract in :mod:`featlab.extractors.base`): it reads
+``depth`` (B, 1, H, W) metres (0 = invalid) and ``intrinsics`` (B, 3, 3), runs :class:`featlab.nn.depthnet.DepthKPNet`
+(the map is zero-padded to a multiple of 8 at the bottom/right, which moves no pixel), and keeps the top
+``max_keypoints`` proposals of the sampling layer (:func:`featlab.nn.depthnet.sample_proposals`: valid-depth cells of
+the stride-4 score map, NMS, top-k in score order, cell centres, L2-normalised descriptors). The network ignores K
+(it sees depth relief only); K is part of the input contract for the geometry that follows (lifting to 3D).
+
+The registered preset resizes the longest side to 320 pixels (``resize: 320``, nearest sampling through
+:func:`featlab.extractors.base.extract_depth`): the network was trained on 240x320 maps (7-Scenes 640x480 halved),
+so a keypoint's cell is 4 px there, 8 px at 640x480. Weights: ``weights`` is a ``.safetensors`` path or the name
+of a file in ``featlab/weights/`` (default ``depthkp``) with its JSON sidecar (:func:`save_depthkp_weights`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..conf import checked, to_container
+from ..errors import InputError
+from ..io.weights import (SHIPPED_WEIGHTS_DIR, load_state_strict, load_weights, resolve_weights_path, save_weights,
+                          sidecar_path)
+from ..nn.depthnet import DepthKPNet, pad_to_multiple, sample_proposals, valid_cells
+from .base import Extractor, register_extractor
+
+WEIGHTS_DIR = SHIPPED_WEIGHTS_DIR
+DEFAULT_WEIGHTS = "depthkp"
+FORMAT = "featlab-depthkp/1"
+TRAIN_HINT = ("featlab train depthkp --data SEQUENCE_DIR -o runs/depthkp --export depthkp "
+              "(or pass weights=PATH.safetensors)")
+
+
+def save_depthkp_weights(net: DepthKPNet, path: str | Path, extra: dict | None = None) -> Path:
+    """Write the network's weights (safetensors) and its JSON sidecar (network config + ``extra``), atomically."""
+    return save_weights(net, path, {"format": FORMAT, "model": to_container(net.conf), **(extra or {})})
+
+
+def load_depthkp_weights(path: str | Path) -> tuple[DepthKPNet, dict]:
+    """Read weights + sidecar written by :func:`save_depthkp_weights` -> (network in eval mode, sidecar dict).
+
+    Raises:
+        InputError: missing or corrupt weights or sidecar, or weights that do not fit the sidecar's network.
+    """
+    state, meta = load_weights(path, FORMAT, "depthkp weights", f"train them with `{TRAIN_HINT}`")
+    try:
+        net = DepthKPNet(meta["model"])
+    except (ValueError, TypeError) as e:
+        raise InputError(f"{sidecar_path(path)} describes no valid network: {e}") from None
+    return load_state_strict(net, state, path), meta
+
+
+@register_extractor("depthkp", preset={"resize": 320},
+                    summary="learned keypoints + descriptors on depth maps (Georgakis et al. 2018), featlab weights")
+class DepthKP(Extractor):
+    """Keypoints and 64-d descriptors learned on depth maps (see the module docstring)."""
+
+    inputs = "depth"
+    default_conf = {
+        "weights": DEFAULT_WEIGHTS,  # .safetensors path or name in featlab/weights/
+        "nms_radius": checked(1, ge=0),  # cells of the stride-4 score map (1: 3x3 NMS)
+        "min_valid_fraction": checked(0.5, gt=0, le=1),  # a cell is proposed only if this share of it has depth
+    }
+
+    def _init(self, conf):
+        self.weights_path = resolve_weights_path(conf.weights)
+        self.net, self.meta = load_depthkp_weights(self.weights_path)
+
+    @property
+    def descriptor_dim(self) -> int:
+        return self.net.descriptor_dim
+
+    def _forward(self, data: dict) -> dict:
+        """Args: ``depth`` (B, 1, H, W) metres (0 invalid), ``intrinsics`` (B, 3, 3) (not used by the network).
+
+        Returns: ``keypoints`` (B, N, 2) featlab pixels of the depth map, ``keypoint_scores`` (B, N) in (0, 1)
+        sorted descending, ``descriptors`` (B, N, D) L2-normalised, and ``keypoint_masks`` (B, N) when B > 1 and
+        the maps have different numbers of proposals (padding: False, zero).
+        """
+        depth = data["depth"].float()
+        padded = pad_to_multiple(depth)
+        amp = self.conf.dtype == "bfloat16"
+        with torch.autocast(device_type=depth.device.type, dtype=torch.bfloat16, enabled=amp):
+            maps = self.net(padded)
+        out = sample_proposals(maps["scores"].float(), maps["descriptors"].float(),
+                               valid_cells(padded, min_fraction=float(self.conf.min_valid_fraction)),
+                               int(self.conf.max_keypoints), padded.shape[-2:], int(self.conf.nms_radius))
+        # cells of the padding hold no depth, so every keypoint lies inside the original map
+        masks = out["keypoint_masks"]
+        counts = masks.sum(1)
+        n = int(counts.max()) if len(counts) else 0
+        pred = {"keypoints": out["keypoints"][:, :n], "keypoint_scores": out["keypoint_scores"][:, :n],
+                "descriptors": out["descriptors"][:, :n] * masks[:, :n, None]}
+        if len(counts) > 1 and int(counts.min()) != n:
+            pred["keypoint_masks"] = masks[:, :n]
+        return pred
+
+
+__all__ = ["DepthKP", "save_depthkp_weights", "load_depthkp_weights", "FORMAT", "DEFAULT_WEIGHTS"]
