@@ -210,12 +210,18 @@ class TestFusion:
         with pytest.raises(ValueError):
             net.set_fusion(-1.0, 1.0)
 
-    def test_b_zero_matches_exactly_as_g(self, photo, weights_file):
+    @pytest.mark.parametrize("selector", [False, True])
+    def test_b_zero_matches_exactly_as_g(self, photo, weights_file, plain_weights_file, selector):
+        """b = 0 and no selector (or a selector whose learned logit is constant: its rank is g's log response) is
+        RootSIFT, keypoint for keypoint and match for match."""
         from featlab.datasets.synthetic import warp_image
 
         image1 = warp_image(photo, _similarity(25.0, 0.9, SIZE), (SIZE, SIZE))
         g = build_extractor("rootsift", {"max_keypoints": 200})
-        fused = build_extractor("residual-sift-v2", {"weights": str(weights_file), "max_keypoints": 200})
+        path = weights_file if selector else plain_weights_file
+        fused = build_extractor("residual-sift-v2", {"weights": str(path), "max_keypoints": 200})
+        if selector:
+            torch.nn.init.zeros_(fused.net.selector.mlp[-1].weight)
         assert fused.net.fusion.tolist() == [1.0, 0.0]  # an unfitted model
         preds = {}
         for name, ext in (("g", g), ("fused", fused)):
@@ -332,6 +338,14 @@ def weights_file(tmp_path_factory):
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("weights") / "v2.safetensors"
     return save_patch_residual_weights(PatchResidualNet(), path, {"name": "rootsift", "conf": {}})
+
+
+@pytest.fixture(scope="module")
+def plain_weights_file(tmp_path_factory):
+    """Weights without a keypoint selector (g's own top-k)."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "v2-plain.safetensors"
+    return save_patch_residual_weights(PatchResidualNet({"selector_hidden": 0}), path, {"name": "rootsift", "conf": {}})
 
 
 class TestExtractor:
@@ -458,3 +472,54 @@ def test_training_warps_reach_180_degrees_and_both_zoom_directions(photos):
     assert max(angles) > 120 and min(scales) < 0.8 and max(scales) > 1.3
     item = stream[0]
     assert item["patches0"].shape == (16, 1, 32, 32) and item["masks"].dtype == bool
+
+
+class TestSelector:
+    def test_rank_follows_the_learned_logit(self, photo, weights_file):
+        """A selector that scores detections by their distance to the image border keeps the central ones, where g
+        (by response) keeps others: the extractor's keypoints are the selector's."""
+        from featlab.nn.selector import NUM_GEOMETRY_FEATURES
+
+        ext = build_extractor("residual-sift-v2", {"weights": str(weights_file), "max_keypoints": 40})
+        sel = ext.net.selector
+        with torch.no_grad():  # identity normalisation; logit = 100 * border feature
+            sel.norm.running_mean.zero_()
+            sel.norm.running_var.fill_(1.0)
+            for p in sel.mlp.parameters():
+                p.zero_()
+            sel.mlp[0].weight[0, NUM_GEOMETRY_FEATURES - 1] = 1.0
+            sel.mlp[-1].weight[0, 0] = 100.0
+        g = build_extractor("rootsift", {"max_keypoints": -1})
+        all_kp = g({"image": image_to_tensor(photo)})["keypoints"][0]
+        kp = ext({"image": image_to_tensor(photo)})["keypoints"][0]
+        border = lambda k: torch.stack([k[:, 0], k[:, 1], SIZE - k[:, 0], SIZE - k[:, 1]], -1).amin(-1)
+        assert len(kp) == 40 and len(all_kp) > 80
+        assert border(kp).min() >= 0.2 * SIZE - 1e-3  # every kept detection is away from the border
+        assert (border(all_kp) < 0.2 * SIZE).sum() > 20  # ... while g has many near it
+
+    def test_loss_ignores_padding_and_learns_a_separable_label(self):
+        from featlab.losses.selector import selector_loss
+        from featlab.nn.selector import KeypointSelector
+
+        torch.manual_seed(0)
+        feats = torch.randn(2, 50, 131)
+        labels = (feats[..., 5] > 0).float()
+        masks = torch.ones(2, 50, dtype=torch.bool)
+        masks[1, 30:] = False
+        sel = KeypointSelector(128, 16)
+        logits = torch.zeros(2, 50)
+        logits[masks] = sel(feats[masks])
+        base, _ = selector_loss({"selector_logits": logits}, {"selector_labels": labels, "selector_masks": masks})
+        noisy = logits.clone()
+        noisy[~masks] = 1e3  # padding rows do not count
+        same, _ = selector_loss({"selector_logits": noisy}, {"selector_labels": labels, "selector_masks": masks})
+        assert torch.allclose(base, same)
+        opt = torch.optim.Adam(sel.parameters(), 1e-2)
+        for _ in range(60):
+            out = torch.zeros(2, 50)
+            out[masks] = sel(feats[masks])
+            loss, m = selector_loss({"selector_logits": out}, {"selector_labels": labels, "selector_masks": masks})
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        assert float(loss) < 0.5 * float(base) and float(m["selector_accuracy"]) > 0.9

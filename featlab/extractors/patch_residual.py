@@ -49,8 +49,9 @@ from ..io.weights import (SHIPPED_WEIGHTS_DIR, load_state_strict, load_weights, 
                           save_weights)
 from ..nn import fold_batchnorm
 from ..nn.patchnet import PatchNet
+from ..nn.selector import KeypointSelector, selector_features
 from ..pixels import pixel_grid, sample_map
-from .base import Extractor, register_extractor
+from .base import Extractor, build_extractor, register_extractor, stack_padded
 from .residual import build_trained_g
 
 FORMAT = "featlab-patch-residual/1"
@@ -176,6 +177,8 @@ class PatchResidualNet(nn.Module):
         "channels": [16, 32, 64, 128],  # PatchNet stage widths
         "h_dim": 128,  # h's descriptor dimension
         "g_dim": 128,  # g's descriptor dimension (RootSIFT: 128)
+        # learned keypoint selection among all of g's detections (featlab.nn.selector); 0: none (g's own top-k)
+        "selector_hidden": 64,
     }
 
     def __init__(self, conf=None):
@@ -188,6 +191,9 @@ class PatchResidualNet(nn.Module):
             self.h = PatchNet(conf.channels, int(conf.h_dim), int(conf.patch.size))
         except ValueError as e:
             raise ConfigError(f"model: {e}") from None
+        if int(conf.selector_hidden) < 0:
+            raise ConfigError(f"model.selector_hidden must be >= 0, got {conf.selector_hidden}")
+        self.selector = KeypointSelector(int(conf.g_dim), int(conf.selector_hidden)) if conf.selector_hidden else None
         # (a, b): b = 0 until fitted, so an unfitted model matches exactly as g does
         self.register_buffer("fusion", torch.tensor([1.0, 0.0]))
 
@@ -242,6 +248,8 @@ class PatchResidualDescriptor(Extractor):
         "handcrafted_conf": none_or(dict),  # overrides of g's config (default: the config it was trained with)
         "weights": none_or(str, Path),  # .safetensors path, or the name of a file in featlab/weights/
         "channels_last": True,  # channels_last for h's convolutions (measured faster in float32 on CPU)
+        # weights with a keypoint selector: g's detections it ranks (-1: all; n: g's n best by response first)
+        "candidates": -1,
     }
 
     def _init(self, conf):
@@ -254,6 +262,9 @@ class PatchResidualDescriptor(Extractor):
         self.weights_path = path
         net, meta = load_patch_residual_weights(path)
         self.g = build_trained_g(meta, path, conf, net.conf.g_dim)
+        if net.selector is not None:  # g gives its candidates, the selector keeps max_keypoints of them
+            self.g = build_extractor(self.g.name, {**to_container(self.g.conf),
+                                                   "max_keypoints": int(conf.candidates)})
         net.h = fold_batchnorm(net.h)  # inference only
         for p in net.parameters():
             p.requires_grad_(False)
@@ -269,27 +280,48 @@ class PatchResidualDescriptor(Extractor):
     def _forward(self, data):
         image = data["image"]
         pred = dict(self.g({"image": image}))
-        kpts, g_desc = pred["keypoints"], pred["descriptors"]
         if "scales" not in pred or "oris" not in pred:
             raise ConfigError(f"handcrafted {self.conf.handcrafted!r} gives no keypoint scales and orientations")
-        b, n = kpts.shape[:2]
-        desc = g_desc.new_zeros((b, n, self.descriptor_dim), dtype=torch.float32)
-        if n == 0:
-            pred["descriptors"] = desc
-            return pred
         gray = rgb_to_gray(image.float())
         masks = pred.get("keypoint_masks")
         use_bf16 = self.conf.dtype == "bfloat16"
-        for i in range(b):
-            k = int(masks[i].sum()) if masks is not None else n  # padded entries come last (stack_padded)
-            if k == 0:
-                continue
-            patches = self.net.patches(gray[i:i + 1], kpts[i, :k], pred["scales"][i, :k], pred["oris"][i, :k])
-            with torch.autocast(device_type=image.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                h_desc = self.net.h(patches)
-            desc[i, :k] = self.net.fuse(g_desc[i, :k], h_desc)
-        pred["descriptors"] = desc
-        return pred
+        items = []
+        for i in range(image.shape[0]):
+            k = int(masks[i].sum()) if masks is not None else pred["keypoints"].shape[1]  # padding comes last
+            item = {key: pred[key][i, :k] for key in ("keypoints", "keypoint_scores", "descriptors", "scales",
+                                                      "oris")}
+            if self.net.selector is not None:
+                item = select_keypoints(self.net.selector, item, (image.shape[-1], image.shape[-2]),
+                                        int(self.conf.max_keypoints))
+            desc = item["descriptors"].new_zeros((len(item["keypoints"]), self.descriptor_dim), dtype=torch.float32)
+            if len(desc):
+                patches = self.net.patches(gray[i:i + 1], item["keypoints"], item["scales"], item["oris"])
+                with torch.autocast(device_type=image.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    h_desc = self.net.h(patches)
+                desc = self.net.fuse(item["descriptors"], h_desc)
+            items.append({**item, "descriptors": desc})
+        return stack_padded(items)
+
+
+def select_keypoints(selector: KeypointSelector, item: dict, image_size, k: int) -> dict:
+    """Keep the ``k`` best of one image's detections by the selector's rank (all if k < 0), sorted.
+
+    Args:
+        item: g's prediction for one image: keypoints (N, 2), keypoint_scores (N,) responses, descriptors (N, D),
+            scales (N,), oris (N,).
+        image_size: (W, H).
+    Returns:
+        the same keys restricted and re-ordered; keypoint_scores become the rank (learned logit + log response).
+    """
+    if len(item["keypoints"]) == 0:
+        return dict(item)
+    feats = selector_features(item["keypoints"], item["keypoint_scores"], item["scales"], item["descriptors"],
+                              image_size)
+    rank = selector.rank(feats)
+    order = torch.argsort(rank, descending=True, stable=True)
+    if k is not None and k >= 0:
+        order = order[:k]
+    return {**{key: v[order] for key, v in item.items()}, "keypoint_scores": rank[order]}
 
 
 def fused_squared_distances(g_dist2: torch.Tensor, h_dist2: torch.Tensor, a: float, b: float) -> torch.Tensor:
@@ -305,4 +337,4 @@ def fusion_from_angle(phi: float) -> tuple[float, float]:
 
 __all__ = ["PatchResidualNet", "PatchResidualDescriptor", "gaussian_pyramid", "patch_sample_points",
            "extract_patches", "save_patch_residual_weights", "load_patch_residual_weights",
-           "fused_squared_distances", "fusion_from_angle", "SIFT_SUPPORT"]
+           "fused_squared_distances", "fusion_from_angle", "select_keypoints", "SIFT_SUPPORT"]

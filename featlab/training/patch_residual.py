@@ -49,11 +49,13 @@ from ..conf import none_or, resolve_conf, to_container
 from ..datasets import homographies
 from ..datasets.synthetic import SyntheticHomographyPairs, preset_conf, resize_and_crop, warp_image
 from ..errors import ConfigError
-from ..extractors.patch_residual import (PatchResidualNet, extract_patches, fusion_from_angle,
+from ..extractors.patch_residual import (PatchResidualNet, extract_patches, fusion_from_angle, select_keypoints,
                                          load_patch_residual_weights, save_patch_residual_weights)
 from ..io.image import image_to_tensor, list_images, read_image, rgb_to_gray
 from ..io.weights import SHIPPED_WEIGHTS_DIR, check_export_name, copy_weights
 from ..losses.hardnet import hardest_in_batch_loss, infonce_loss
+from ..losses.selector import selector_loss
+from ..nn.selector import selector_features
 from ..rng import role_rng
 from . import loop
 from .residual import add_arguments, apply_arguments, check_conf, homography_correspondences  # noqa: F401
@@ -87,6 +89,8 @@ default_conf = {
                        "perspective": 0.3, "translation": 0.2},  # featlab.datasets.homographies
         "photometric": homographies.photometric_default_conf,  # applied independently to both images
         "num_workers": 0,  # DataLoader worker processes (0: in the training process, one core)
+        "max_candidates": 4096,  # selector: detections per image it learns from (random subset beyond)
+        "selector_radius": 3.0,  # px: a detection is matchable when it has a partner this close (MMA@3's radius)
     },
     "val": {
         "photos": none_or(str, Path),  # selection photos (CLI --val-photos; configs/residual-v2.yaml: bsds500/val)
@@ -186,7 +190,9 @@ class PatchPairStream(Dataset):
         if self._g is None:
             if self.conf.train.num_threads:  # also in a (spawned) DataLoader worker: one core per process
                 cv2.setNumThreads(int(self.conf.train.num_threads))
-            self._g = build_g(self.conf.handcrafted, int(self.conf.handcrafted.max_keypoints))
+            # the selector learns to rank all of g's detections; h trains on g's own top max_keypoints of them
+            k = -1 if self.conf.model.selector_hidden else int(self.conf.handcrafted.max_keypoints)
+            self._g = build_g(self.conf.handcrafted, k)
         return self._g
 
     def warped_pair(self, rng: np.random.Generator, photo: np.ndarray):
@@ -207,6 +213,10 @@ class PatchPairStream(Dataset):
         photo = read_image(self.photos[self._shuffle(int(index), len(self.photos))])
         image0, image1, H = self.warped_pair(rng, photo)
         f0, f1 = describe(self.g, image0), describe(self.g, image1)
+        out = {}
+        if self.conf.model.selector_hidden:
+            out.update(self.selector_sample(f0, f1, H, rng))
+            f0, f1 = (top_by_response(f, int(self.conf.handcrafted.max_keypoints)) for f in (f0, f1))
         matches0 = homography_correspondences(f0["keypoints"].numpy(), f1["keypoints"].numpy(), H,
                                               float(self.conf.data.match_radius), f0["descriptors"].numpy(),
                                               f1["descriptors"].numpy())
@@ -218,7 +228,6 @@ class PatchPairStream(Dataset):
         extra0 = distractors(f0["descriptors"].numpy(), f1["descriptors"].numpy()[idx1], idx0, e, rng)
         extra1 = distractors(f1["descriptors"].numpy(), f0["descriptors"].numpy()[idx0], idx1, e, rng)
         p = self.conf.model.patch
-        out = {}
         for name, f, idx, extra in (("0", f0, idx0, extra0), ("1", f1, idx1, extra1)):
             t = torch.from_numpy(np.concatenate([idx, extra]))
             patches = extract_patches(f["gray"], f["keypoints"][t], f["scales"][t], f["oris"][t], int(p.size),
@@ -232,6 +241,32 @@ class PatchPairStream(Dataset):
         out["masks"] = np.arange(self.k) < len(idx0)
         out["num_keypoints"] = np.array([len(f0["keypoints"]), len(f1["keypoints"])], dtype=np.int64)
         return out
+
+
+    def selector_sample(self, f0: dict, f1: dict, H: np.ndarray, rng: np.random.Generator) -> dict:
+        """Selector inputs and labels of all detections of both images (at most ``data.max_candidates`` each, a
+        random subset beyond): ``selector_features{0,1}`` (C, 3 + D), ``selector_labels{0,1}`` (C,) 1 when the
+        detection has a ground-truth partner among the other image's detections (mutually closest within
+        ``data.selector_radius`` px), ``selector_masks{0,1}`` (C,)."""
+        c, r = int(self.conf.data.max_candidates), float(self.conf.data.selector_radius)
+        out = {}
+        for name, fa, fb, Hab in (("0", f0, f1, H), ("1", f1, f0, np.linalg.inv(H))):
+            partner = homography_correspondences(fa["keypoints"].numpy(), fb["keypoints"].numpy(), Hab, r,
+                                                 fa["descriptors"].numpy(), fb["descriptors"].numpy())
+            rows = np.arange(len(partner))
+            if len(rows) > c:
+                rows = np.sort(rng.permutation(rows)[:c])
+            feats = selector_features(fa["keypoints"], fa["responses"], fa["scales"], fa["descriptors"],
+                                      fa["image_size"])
+            out["selector_features" + name] = _pad(feats.numpy()[rows], c)
+            out["selector_labels" + name] = _pad((partner[rows] >= 0).astype(np.float32), c)
+            out["selector_masks" + name] = np.arange(c) < len(rows)
+        return out
+
+
+def top_by_response(f: dict, k: int) -> dict:
+    """g's own top-k of a :func:`describe` result (its rows are sorted by decreasing response)."""
+    return {key: (v[:k] if key != "gray" and key != "image_size" and k >= 0 else v) for key, v in f.items()}
 
 
 def distractors(desc: np.ndarray, partner_desc: np.ndarray, positives: np.ndarray, n: int,
@@ -269,14 +304,15 @@ def build_g(handcrafted, max_keypoints: int):
 
 @torch.no_grad()
 def describe(g, image: np.ndarray) -> dict:
-    """g on one uint8 RGB image -> keypoints (N, 2), descriptors (N, D), scales (N,), oris (N,), gray
-    (1, 1, H, W) float."""
+    """g on one uint8 RGB image -> keypoints (N, 2), descriptors (N, D), responses (N,), scales (N,), oris (N,)
+    (rows by decreasing response), gray (1, 1, H, W) float, image_size (W, H)."""
     t = image_to_tensor(image)
     pred = g({"image": t})
     if "scales" not in pred or "oris" not in pred:
         raise ConfigError(f"handcrafted {g.name!r} gives no keypoint scales and orientations")
     return {"keypoints": pred["keypoints"][0], "descriptors": pred["descriptors"][0].float(),
-            "scales": pred["scales"][0], "oris": pred["oris"][0], "gray": rgb_to_gray(t)}
+            "responses": pred["keypoint_scores"][0], "scales": pred["scales"][0], "oris": pred["oris"][0],
+            "gray": rgb_to_gray(t), "image_size": (image.shape[1], image.shape[0])}
 
 
 # ------------------------------------------------------------------------------------------------------ task
@@ -326,7 +362,8 @@ class PatchResidualTask(loop.TrainingTask):
 
     def _make_val_pairs(self) -> list[dict]:
         c = self.conf.val
-        g = build_g(self.conf.handcrafted, int(c.max_keypoints))
+        # with a selector, all detections are kept: each validation selects val.max_keypoints of them
+        g = build_g(self.conf.handcrafted, -1 if self.model.selector is not None else int(c.max_keypoints))
         out = []
         for k, preset in enumerate(c.presets):
             pairs = SyntheticHomographyPairs(c.photos, {
@@ -377,6 +414,17 @@ class PatchResidualTask(loop.TrainingTask):
             loss, metrics = hardest_in_batch_loss(descs[0], descs[1], exclude, float(self.conf.loss.margin), **extra)
         metrics["positives_per_pair"] = masks.sum(1).float().mean()
         metrics["keypoints_per_image"] = batch["num_keypoints"].float().mean()
+        if self.model.selector is not None:  # its own parameters: the sum trains both, independently
+            feats = torch.cat([batch["selector_features0"], batch["selector_features1"]])
+            s_masks = torch.cat([batch["selector_masks0"], batch["selector_masks1"]])
+            logits = feats.new_zeros(feats.shape[:2], dtype=torch.float32)
+            logits[s_masks] = self.model.selector(feats[s_masks].float())  # padding stays out of BatchNorm
+            s_loss, s_metrics = selector_loss(
+                {"selector_logits": logits},
+                {"selector_labels": torch.cat([batch["selector_labels0"], batch["selector_labels1"]]),
+                 "selector_masks": s_masks})
+            metrics = {**metrics, "h_loss": loss.detach(), **s_metrics}
+            loss = loss + s_loss
         return loss, metrics
 
     # ------------------------------------------------------------------------------------------- validation
@@ -397,12 +445,23 @@ class PatchResidualTask(loop.TrainingTask):
         phis = np.linspace(0.0, math.pi / 2, int(c.fusion_steps))
         scores = np.zeros((len(self.val_pairs), len(phis)))  # MMA@thr of pair i under angle j
         counts = np.zeros((len(self.val_pairs), len(phis)))  # its number of mutual matches
+        k = int(c.max_keypoints)
+        g_scores = np.zeros(len(self.val_pairs))  # g alone at g's own top-k: the reference (RootSIFT)
+        g_counts = np.zeros(len(self.val_pairs))
         saved = self.model.fusion.clone()
         try:
             for i, pair in enumerate(self.val_pairs):
-                f0, f1 = pair["views"]
+                f0, f1 = (top_by_response(f, k) for f in pair["views"])
                 if len(f0["keypoints"]) == 0 or len(f1["keypoints"]) == 0:
                     continue  # no match: MMA 0 for every fusion
+                m0, _ = match_descriptors(f0["descriptors"], f1["descriptors"], mutual=True)
+                g_scores[i] = mma(f0["keypoints"].numpy(), f1["keypoints"].numpy(), m0.numpy(), pair["H_0to1"],
+                                  thresholds=(thr,))[0]
+                g_counts[i] = float((m0 >= 0).sum())
+                if self.model.selector is not None:
+                    f0, f1 = ({**f, **select_keypoints(self.model.selector, {
+                        "keypoints": f["keypoints"], "keypoint_scores": f["responses"], "descriptors": f["descriptors"],
+                        "scales": f["scales"], "oris": f["oris"]}, f["image_size"], k)} for f in pair["views"])
                 h0, h1 = self._describe_val(f0), self._describe_val(f1)
                 for j, phi in enumerate(phis):
                     self.model.set_fusion(*fusion_from_angle(phi))  # the extractor's own fusion code path
@@ -420,12 +479,15 @@ class PatchResidualTask(loop.TrainingTask):
         out = {"fusion_b": b}
         for tag, rows in [("", slice(None))] + [(f"/{p}", np.array(presets) == p) for p in dict.fromkeys(presets)]:
             out[f"mma@3{tag}"] = float(scores[rows, best].mean())
-            out[f"g_mma@3{tag}"] = float(scores[rows, 0].mean())
+            out[f"g_mma@3{tag}"] = float(g_scores[rows].mean())
+            out[f"sel_mma@3{tag}"] = float(scores[rows, 0].mean())  # g's descriptor at the selected keypoints
             out[f"h_mma@3{tag}"] = float(scores[rows, -1].mean())
         # MMA is a precision: read it with the number of matches (and correct ones) it was measured on
-        for name, j in (("", best), ("g_", 0), ("h_", -1)):
+        for name, j in (("", best), ("sel_", 0), ("h_", -1)):
             out[f"{name}matches"] = float(counts[:, j].mean())
             out[f"{name}correct@3"] = float((scores[:, j] * counts[:, j]).mean())
+        out["g_matches"] = float(g_counts.mean())
+        out["g_correct@3"] = float((g_scores * g_counts).mean())
         for j, phi in enumerate(phis):  # the whole fit: what each fusion gives (phi = atan(b / a) in degrees)
             out[f"phi{math.degrees(phi):.0f}/mma@3"] = float(scores[:, j].mean())
             out[f"phi{math.degrees(phi):.0f}/correct@3"] = float((scores[:, j] * counts[:, j]).mean())
