@@ -24,3 +24,11 @@ res residual-sift model.part_norm=true init.f=identity init.h_from="$RUNS/residu
 $FL train caps --data "$DATA/rgbd/7scenes_redkitchen" -o "$RUNS/caps-resnet18" data.batch_size=6 data.num_workers=3 \
     train.lr=1e-3 train.lr_decay_every=2500 train.val_every=250 train.checkpoint_every=250 val.num_pairs=30 \
     train.max_steps=500 "${EXTRA[@]}" --export caps-resnet18
+# scfeat (not shipped yet, docs/MODELS.md): opt in with SCFEAT=1. Two stages, each resumable; posed pairs of
+# 7-Scenes frames 0-349 and Strecha castle-P30, selected on 7-Scenes frames 360-399.
+if [ "${SCFEAT:-0}" = 1 ]; then
+    SC=(--data "$DATA/rgbd/7scenes_redkitchen" --colmap "$DATA/posed/strecha/castle-P30")
+    $FL train scfeat "${SC[@]}" -o "$RUNS/scfeat-desc" train.max_steps=100000 "${EXTRA[@]}"
+    $FL train scfeat "${SC[@]}" -o "$RUNS/scfeat-det" stage=detector init="$RUNS/scfeat-desc/best.safetensors" \
+        train.lr=1e-3 train.max_steps=1000 "${EXTRA[@]}" --export scfeat
+fi
