@@ -271,7 +271,8 @@ TINY = ["train.max_steps=3", "train.val_every=3", "train.checkpoint_every=3", "t
 class TestTrainPose:
     def test_end_to_end_on_a_tiny_colmap_model(self, colmap_root, tmp_path, capsys):
         run = tmp_path / "run"
-        rc, out = _train(["--data", str(colmap_root), "-o", str(run), *TINY], capsys)
+        rc, out = _train(["--data", str(colmap_root), "--split", "viewpoint", "--gaps", "1", "2", "3",
+                          "--image-size", "256", "-o", str(run), *TINY], capsys)
         assert rc == 0
         report = json.loads((run / "heldout.json").read_text())
         assert report["pairs"]["room"] > 0

@@ -108,7 +108,7 @@ default_conf = {
         "train_angle": 45.0,  # deg: the loss sees L2norm([cos g, sin h]) at this angle
     },
     "val": {
-        "max_pairs": 20,  # selection pairs per collection (evenly spaced over its select pairs)
+        "max_pairs": 6,  # selection pairs per collection and gap (evenly spaced over its select pairs)
         "max_keypoints": 2048,  # g's keypoints per image in validation and the held-out report (the benchmarks')
         "estimator": "superglue",  # relative-pose estimator (featlab.geometry.robust)
         "ransac_threshold": 1.0,  # px
@@ -587,6 +587,10 @@ def add_arguments(parser) -> None:
                              "more; replaces data.collections (each split by --split)")
     parser.add_argument("--split", choices=("frame", "viewpoint"), default=None,
                         help="how --data collections are split into train / select / held-out views (default frame)")
+    parser.add_argument("--gaps", type=int, nargs="+", default=None, metavar="D",
+                        help="index gaps of the pairs of --data collections (default 1 2 3)")
+    parser.add_argument("--image-size", type=int, default=None, metavar="SIDE",
+                        help="resize the views of --data collections to this longest side, K scaled (default: native)")
     parser.add_argument("--init", default=None, metavar="NAME",
                         help="start from these weights: a name in featlab/weights/ (pose-sift) or a .safetensors path")
 
@@ -595,9 +599,11 @@ def apply_arguments(user: dict, args) -> dict:
     """Write the data arguments into the user config (before resolution)."""
     data = user.setdefault("data", {})
     if args.data:
-        data["collections"] = [{"root": str(p), **({"split": args.split} if args.split else {})} for p in args.data]
-    elif args.split:
-        raise ConfigError("--split applies to the collections given with --data")
+        entry = {"split": args.split, "gaps": args.gaps, "image_size": args.image_size}
+        data["collections"] = [{"root": str(p), **{k: v for k, v in entry.items() if v is not None}}
+                               for p in args.data]
+    elif args.split or args.gaps or args.image_size:
+        raise ConfigError("--split, --gaps and --image-size apply to the collections given with --data")
     if args.init:
         user["init"] = str(args.init)
     return user
