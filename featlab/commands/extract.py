@@ -27,7 +27,13 @@ logger = logging.getLogger(__name__)
 def register(sub):
     p = sub.add_parser("extract", help="extract features of a folder of images into an HDF5 file",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("images", type=Path, help="folder of images (searched recursively)")
+    p.add_argument("images", type=Path, help="folder of images (searched recursively); for a depth model (e.g. "
+                   "depthkp, sift-depth) a folder of 16-bit depth PNGs (in a 7-Scenes folder, its *.depth.png)")
+    p.add_argument("--intrinsics", type=Path, default=None, metavar="FILE",
+                   help="depth models: 3x3 K of the depth maps in featlab pixels (default: fx = fy = 585, principal "
+                        "point at the centre, Kinect-style 640x480 depth as 7-Scenes)")
+    p.add_argument("--depth-scale", type=float, default=None, metavar="M",
+                   help="depth models: metres per depth unit (default: 0.001, millimetres; TUM RGB-D: 0.0002)")
     p.add_argument("-o", "--output", type=Path, required=True, help="features file to write (e.g. features.h5)")
     p.add_argument("--model", required=True, help="extractor name (see `featlab models`)")
     p.add_argument("--max-keypoints", type=int, default=None,
@@ -107,10 +113,22 @@ def run(args) -> int:
 
     extractor = build_extractor(args.model, extractor_settings(args))  # ConfigError: unknown model / key
     extractor = extractor.to(_device(args.device))
+    depth_input = None
+    if getattr(extractor, "inputs", "image") == "depth":  # 16-bit depth PNGs and K instead of images
+        from ..io.depth import DEFAULT_DEPTH_SCALE, DepthFolderInput
+
+        depth_input = DepthFolderInput(args.intrinsics,
+                                       DEFAULT_DEPTH_SCALE if args.depth_scale is None else args.depth_scale)
+        files = depth_input.list_files(images_dir)
+        names = [f.relative_to(images_dir).as_posix() for f in files]
+    elif args.intrinsics is not None or args.depth_scale is not None:
+        raise ConfigError(f"--intrinsics and --depth-scale apply to depth models only; '{args.model}' takes images")
     # content, not names: the resolved config of the extractor and of those inside it, and the SHA-256 of every
     # weights file, so that a resume never mixes two models, two versions of one weights file or two configs
     record = {"kind": "features", "model": args.model, "extractor": extractor_identity(extractor),
               "as_half": bool(args.as_half)}
+    if depth_input is not None:
+        record.update(depth_input.record())  # depth scale and K decide the features too
     from ..io.shards import select_shard
     names, files = select_shard(args.shard, record, names, files)  # --shard I/N: one block of the sorted images
     resize = record["extractor"]["conf"].get("resize")
@@ -130,14 +148,14 @@ def run(args) -> int:
         counts["present"] = len(names) - len(todo)
         for path, name in tqdm(todo, desc=f"extract {args.model}", unit="img", disable=None, file=sys.stderr):
             try:
-                image = read_image(path)
+                image = depth_input.read(path) if depth_input else read_image(path)
             except InputError as e:
                 if not args.skip_bad:
                     raise InputError(f"{e} (use --skip-bad to skip unreadable images)") from None
                 logger.warning("skipping %s", e)
                 counts["bad"] += 1
                 continue
-            pred = extract_image(extractor, image)
+            pred = depth_input.extract(extractor, image) if depth_input else extract_image(extractor, image)
             write_features(f, name, pred, as_half=args.as_half, uncertainty=_resize_scale(image.shape, resize))
             f.flush()
             counts["new"] += 1
