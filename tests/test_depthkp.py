@@ -15,7 +15,7 @@ from featlab.geometry.depth import backproject, project, transform_points
 from featlab.losses.depthkp import (contrastive_loss, correct_match_labels, depth_correspondences, depthkp_loss,
                                     score_loss)
 from featlab.nn.depthnet import DepthKPNet, encode_depth, sample_proposals, valid_cells
-from featlab.training.depthkp import kabsch, propose, ransac_rigid, rigid_errors
+from featlab.training.depthkp import propose
 
 TINY = {"channels": [4, 8, 8, 8], "head_channels": 8, "descriptor_dim": 16}
 
@@ -241,22 +241,6 @@ def test_loss_is_pure_and_decreases_over_a_few_steps(rendered_pair):
     assert losses[-1] < 0.9 * losses[0]
 
 
-# ------------------------------------------------------------------------------------------------- registration
-def test_kabsch_ransac_recovers_a_rigid_motion_exactly_and_under_outliers():
-    rng = np.random.default_rng(0)
-    T = _pose(20.0, (0.3, -0.2, 0.5))
-    P = rng.uniform(-1, 1, (60, 3)) + [0, 0, 3]
-    Q = P @ T[:3, :3].T + T[:3, 3]
-    R, t = kabsch(P, Q)
-    assert np.allclose(R, T[:3, :3], atol=1e-9) and np.allclose(t, T[:3, 3], atol=1e-9)
-    Q_bad = Q.copy()
-    Q_bad[::2] = rng.uniform(-1, 1, (30, 3)) + [0, 0, 3]  # 50 % outliers
-    R, t, inl = ransac_rigid(P, Q_bad, 0.01, 500, rng)
-    er, et = rigid_errors(T, R, t)
-    assert er < 1e-6 and et < 1e-6
-    assert inl[1::2].all() and not inl[::2].any()
-
-
 # ------------------------------------------------------------------------------------------------- extractor
 def _tiny_weights(tmp_path):
     torch.manual_seed(0)
@@ -266,7 +250,8 @@ def _tiny_weights(tmp_path):
 
 
 def test_extractor_runs_on_a_depth_map_and_returns_the_contract(tmp_path, rendered_pair):
-    ext = build_extractor("depthkp", {"weights": str(_tiny_weights(tmp_path)), "max_keypoints": 50, "resize": None})
+    ext = build_extractor("depthkp", {"weights": str(_tiny_weights(tmp_path)), "max_keypoints": 50,
+                                      "target_focal": None})
     assert ext.inputs == "depth"
     depth = rendered_pair["depth0"][..., :45, :62]  # not a multiple of 8: padded inside
     depth = depth.clone()
@@ -282,14 +267,19 @@ def test_extractor_runs_on_a_depth_map_and_returns_the_contract(tmp_path, render
     # every keypoint lies on a pixel with depth (it is lifted to 3D with it)
     assert (depth[0, 0, kp[0, :, 1].long(), kp[0, :, 0].long()] > 0).all()
     assert pred["image_size"].tolist() == [[62, 45]]
-    # extract_depth: a 2x larger map with the registered preset's resizing (longest side 320 -> here 64)
+    # extract_depth on a 2x larger map (focal doubled): the extractor resizes it to its target focal itself and
+    # maps the keypoints back, whatever the caller's resize
     big = np.kron(rendered_pair["depth0"][0, 0].numpy(), np.ones((2, 2), np.float32))
-    K = np.diag([2.0, 2.0, 1.0]) @ rendered_pair["K0"][0].double().numpy()
-    ext2 = build_extractor("depthkp", {"weights": str(_tiny_weights(tmp_path)), "max_keypoints": 30, "resize": 64})
-    out = extract_depth(ext2, big, K)
-    small = ext2({"depth": rendered_pair["depth0"], "intrinsics": rendered_pair["K0"]})
+    K = rendered_pair["K0"][0].double().numpy()
+    K_big = np.diag([2.0, 2.0, 1.0]) @ K
+    ext2 = build_extractor("depthkp", {"weights": str(_tiny_weights(tmp_path)), "max_keypoints": 30,
+                                       "target_focal": float(K[0, 0])})
+    out = extract_depth(ext2, big, K_big, resize=None)
+    with torch.no_grad():
+        small = ext2({"depth": rendered_pair["depth0"], "intrinsics": rendered_pair["K0"]})
     assert out["image_size"].tolist() == [128, 96]
-    assert np.allclose(out["keypoints"], small["keypoints"][0].numpy() * 2)  # mapped back to the big map's pixels
+    assert np.allclose(out["keypoints"], small["keypoints"][0].numpy() * 2)
+    assert np.allclose(out["descriptors"], small["descriptors"][0].numpy(), atol=1e-5)
 
 
 def test_weights_round_trip_and_bad_files(tmp_path):
@@ -348,3 +338,26 @@ def test_selection_pairs_of_7scenes_stay_off_the_report_frames():
     assert all(splits.SELECT_FRAMES[0] <= i < j < splits.SELECT_FRAMES[1] for i, j in pairs.pairs)
     item = pairs[0]
     assert item["depth0"].shape == (240, 320) and np.isclose(item["K0"][0, 0], 292.5)
+
+
+def test_validation_registers_a_pair_of_identical_views_exactly(rendered_pair):
+    """Selection metrics on a pair whose two views are the same depth map: every mutual match is a true one, and
+    the registration finds the identity."""
+    from featlab.training.depthkp import DepthKPTask, DepthPairList, synthetic_pairs
+
+    depth = rendered_pair["depth0"][0, 0].numpy()
+    K = rendered_pair["K0"][0].double().numpy()
+    same = DepthPairList("synthetic:same", lambda i: depth, K, lambda i, j: np.eye(4), [(0, 1)], (48, 64), True)
+    conf = {"model": TINY, "data": {"image_size": [48, 64], "synthetic": {"scenes": 1, "frames": 4, "gaps": [1]}},
+            "val": {"max_keypoints": 40}}
+    torch.manual_seed(0)
+    task = DepthKPTask(conf, train_sources=synthetic_pairs(resolve_conf({"scenes": 1, "frames": 4, "gaps": [1],
+                                                                          "seed": 0, "depth_noise": 0.0,
+                                                                          "render": {"image_size": [48, 64]}}),
+                                                           (48, 64), 0.3), val_pairs=same)
+    task.model.eval()
+    with torch.no_grad():
+        metrics = task.validate()
+    assert metrics["match_count"] > 10
+    assert metrics["inlier_ratio"] == pytest.approx(1.0)
+    assert metrics["recall@2deg5cm"] == 1.0 and metrics["rot_error_median"] < 1e-3

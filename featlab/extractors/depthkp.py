@@ -7,9 +7,11 @@ A depth extractor (``inputs = "depth"``, see the data contract in :mod:`featlab.
 the stride-4 score map, NMS, top-k in score order, cell centres, L2-normalised descriptors). The network ignores K
 (it sees depth relief only); K is part of the input contract for the geometry that follows (lifting to 3D).
 
-The registered preset resizes the longest side to 320 pixels (``resize: 320``, nearest sampling through
-:func:`featlab.extractors.base.extract_depth`): the network was trained on 240x320 maps (7-Scenes 640x480 halved),
-so a keypoint's cell is 4 px there, 8 px at 640x480. Weights: ``weights`` is a ``.safetensors`` path or the name
+Scale: the network learned depth relief at one pixel scale, 7-Scenes' 640x480 maps halved to 240x320 (focal 292.5
+px; the synthetic rooms: 251 px). The extractor therefore resizes every map itself (nearest sampling, pixel-centre
+aligned, as :func:`featlab.datasets.posed.resize_depth_nearest`) so that its focal length becomes ``target_focal``
+(from ``intrinsics``; skipped within 5 %), and maps the keypoints back exactly. A 640x480 Kinect map (fx = 585)
+runs at 240x320, whatever ``resize`` the caller chose; a keypoint's cell is then 8 px of the original map. Weights: ``weights`` is a ``.safetensors`` path or the name
 of a file in ``featlab/weights/`` (default ``depthkp``) with its JSON sidecar (:func:`save_depthkp_weights`).
 """
 from __future__ import annotations
@@ -18,11 +20,12 @@ from pathlib import Path
 
 import torch
 
-from ..conf import checked, to_container
+from ..conf import checked, none_or, to_container
 from ..errors import InputError
 from ..io.weights import (SHIPPED_WEIGHTS_DIR, load_state_strict, load_weights, resolve_weights_path, save_weights,
                           sidecar_path)
 from ..nn.depthnet import DepthKPNet, pad_to_multiple, sample_proposals, valid_cells
+from ..pixels import from_opencv
 from .base import Extractor, register_extractor
 
 WEIGHTS_DIR = SHIPPED_WEIGHTS_DIR
@@ -51,7 +54,18 @@ def load_depthkp_weights(path: str | Path) -> tuple[DepthKPNet, dict]:
     return load_state_strict(net, state, path), meta
 
 
-@register_extractor("depthkp", preset={"resize": 320},
+def resize_depth_nearest_torch(depth: torch.Tensor, size) -> torch.Tensor:
+    """Nearest resize of (B, 1, H, W) depth to ``size`` = (H', W') with pixel centres aligned (output pixel (i, j)
+    takes input pixel ``(floor((i + 0.5) H / H'), floor((j + 0.5) W / W'))``): no depth is mixed across edges."""
+    h, w = depth.shape[-2:]
+    oh, ow = int(size[0]), int(size[1])
+    dev = depth.device
+    rows = (from_opencv(torch.arange(oh, device=dev, dtype=torch.float64)) * (h / oh)).long().clamp(max=h - 1)
+    cols = (from_opencv(torch.arange(ow, device=dev, dtype=torch.float64)) * (w / ow)).long().clamp(max=w - 1)
+    return depth[..., rows[:, None], cols[None, :]]
+
+
+@register_extractor("depthkp", preset={"target_focal": 292.5},
                     summary="learned keypoints + descriptors on depth maps (Georgakis et al. 2018), featlab weights")
 class DepthKP(Extractor):
     """Keypoints and 64-d descriptors learned on depth maps (see the module docstring)."""
@@ -61,6 +75,8 @@ class DepthKP(Extractor):
         "weights": DEFAULT_WEIGHTS,  # .safetensors path or name in featlab/weights/
         "nms_radius": checked(1, ge=0),  # cells of the stride-4 score map (1: 3x3 NMS)
         "min_valid_fraction": checked(0.5, gt=0, le=1),  # a cell is proposed only if this share of it has depth
+        # px: maps are resized to this focal length before the network (the training scale); null: never resized
+        "target_focal": checked(none_or(float), gt=0),
     }
 
     def _init(self, conf):
@@ -79,6 +95,14 @@ class DepthKP(Extractor):
         the maps have different numbers of proposals (padding: False, zero).
         """
         depth = data["depth"].float()
+        h, w = depth.shape[-2:]
+        scale = 1.0
+        if self.conf.target_focal is not None:
+            # one factor for the batch (the mean focal): maps of one batch share a size
+            scale = float(self.conf.target_focal) / float(data["intrinsics"][:, 0, 0].float().mean())
+        if abs(scale - 1.0) > 0.05:
+            depth = resize_depth_nearest_torch(depth, (max(8, round(h * scale)), max(8, round(w * scale))))
+        sx, sy = w / depth.shape[-1], h / depth.shape[-2]  # p_original = p_resized * (sx, sy), exact in featlab pixels
         padded = pad_to_multiple(depth)
         amp = self.conf.dtype == "bfloat16"
         with torch.autocast(device_type=depth.device.type, dtype=torch.bfloat16, enabled=amp):
@@ -90,7 +114,8 @@ class DepthKP(Extractor):
         masks = out["keypoint_masks"]
         counts = masks.sum(1)
         n = int(counts.max()) if len(counts) else 0
-        pred = {"keypoints": out["keypoints"][:, :n], "keypoint_scores": out["keypoint_scores"][:, :n],
+        keypoints = out["keypoints"][:, :n] * out["keypoints"].new_tensor([sx, sy])
+        pred = {"keypoints": keypoints, "keypoint_scores": out["keypoint_scores"][:, :n],
                 "descriptors": out["descriptors"][:, :n] * masks[:, :n, None]}
         if len(counts) > 1 and int(counts.min()) != n:
             pred["keypoint_masks"] = masks[:, :n]

@@ -25,7 +25,7 @@ Validation (selection, 7-Scenes frames 360-399 by default; never 400-499): pairs
 ``val.max_keypoints`` proposals per map at the training resolution; mutual nearest-neighbour matches; matched
 keypoints lifted to 3D with their depth; ``inlier_ratio``: share of matches within ``val.inlier_distance`` m of
 each other under the ground-truth pose (mean over pairs; the selection metric); ``match_count``; 3-point Kabsch
-RANSAC (:func:`ransac_rigid`) with refinement, ``recall@5deg10cm`` and ``recall@2deg5cm`` (registration recall),
+RANSAC with refinement (:func:`featlab.geometry.rigid.estimate_rigid_ransac`, the benchmark's solver), ``recall@5deg10cm`` and ``recall@2deg5cm`` (registration recall),
 ``rot_error_median``/``trans_error_median``.
 """
 from __future__ import annotations
@@ -44,6 +44,7 @@ from ..datasets.posed import resize_depth_nearest
 from ..errors import ConfigError, InputError
 from ..extractors.depthkp import WEIGHTS_DIR, load_depthkp_weights, save_depthkp_weights
 from ..geometry.depth import backproject, covisibility, sample_depth_nearest
+from ..geometry.rigid import estimate_rigid_ransac, rigid_errors
 from ..io.weights import check_export_name, copy_weights
 from ..losses.depthkp import DepthKPLoss
 from ..losses.depthkp import default_conf as loss_default_conf
@@ -95,55 +96,6 @@ default_conf = {
     "train": deep_update(loop.default_conf, {"lr": 1e-3, "best_metric": "inlier_ratio", "max_steps": 2000,
                                              "val_every": 250, "checkpoint_every": 250}),
 }
-
-
-# ------------------------------------------------------------------------------------------------ registration
-def kabsch(P: np.ndarray, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Least-squares rigid motion (R, t) with ``Q ~ R P + t`` (Kabsch / Umeyama without scale).
-
-    Args: P, Q (..., N, 3) corresponding points (a leading batch of problems is allowed).
-    Returns: R (..., 3, 3) proper rotations, t (..., 3).
-    """
-    cp, cq = P.mean(-2, keepdims=True), Q.mean(-2, keepdims=True)
-    H = np.swapaxes(P - cp, -1, -2) @ (Q - cq)
-    U, _, Vt = np.linalg.svd(H)
-    d = np.sign(np.linalg.det(np.swapaxes(Vt, -1, -2) @ np.swapaxes(U, -1, -2)))
-    D = np.broadcast_to(np.eye(3), H.shape).copy()
-    D[..., 2, 2] = d
-    R = np.swapaxes(Vt, -1, -2) @ D @ np.swapaxes(U, -1, -2)
-    t = cq[..., 0, :] - np.einsum("...ij,...j->...i", R, cp[..., 0, :])
-    return R, t
-
-
-def ransac_rigid(P: np.ndarray, Q: np.ndarray, threshold: float, iterations: int,
-                 rng: np.random.Generator, refine_steps: int = 3):
-    """RANSAC over 3-point Kabsch fits, then Kabsch refinement on the inliers (a minimal version for model
-    selection; the benchmark's solver is ``featlab eval register``'s).
-
-    Args: P, Q (N, 3) matched points; threshold (m) on ``|R p + t - q|``.
-    Returns: R (3, 3), t (3,), inliers bool (N,); identity and no inliers with fewer than 3 matches.
-    """
-    n = len(P)
-    if n < 3:
-        return np.eye(3), np.zeros(3), np.zeros(n, bool)
-    idx = np.stack([rng.choice(n, 3, replace=False) for _ in range(iterations)])
-    R, t = kabsch(P[idx], Q[idx])
-    res = np.linalg.norm(np.einsum("kij,nj->kni", R, P) + t[:, None] - Q[None], axis=-1)
-    best = int(np.argmax((res < threshold).sum(1)))
-    inl = res[best] < threshold
-    R, t = R[best], t[best]
-    for _ in range(refine_steps):
-        if inl.sum() < 3:
-            break
-        R, t = kabsch(P[inl], Q[inl])
-        inl = np.linalg.norm(P @ R.T + t - Q, axis=-1) < threshold
-    return R, t, inl
-
-
-def rigid_errors(T_gt: np.ndarray, R: np.ndarray, t: np.ndarray) -> tuple[float, float]:
-    """(rotation error in degrees, translation error in metres) of (R, t) against a 4x4 ground truth."""
-    cos = (np.trace(T_gt[:3, :3].T @ R) - 1) / 2
-    return float(np.degrees(np.arccos(np.clip(cos, -1, 1)))), float(np.linalg.norm(T_gt[:3, 3] - t))
 
 
 # --------------------------------------------------------------------------------------------------- data
@@ -350,8 +302,9 @@ class DepthKPTask(loop.TrainingTask):
             counts.append(len(P))
             gt_res = np.linalg.norm(P @ T[:3, :3].T + T[:3, 3] - Q, axis=-1)
             ratios.append(float((gt_res < float(v.inlier_distance)).mean()) if len(P) else 0.0)
-            R, t, _ = ransac_rigid(P, Q, float(v.ransac_threshold), int(v.ransac_iterations), rng)
-            er, et = rigid_errors(T, R, t)
+            R, t, _ = estimate_rigid_ransac(P, Q, float(v.ransac_threshold), max_iters=int(v.ransac_iterations),
+                                            rng=rng) if len(P) >= 3 else (None, None, None)
+            er, et = rigid_errors(T, R, t)  # inf when it fails
             rot.append(er)
             trans.append(et)
         rot, trans = np.array(rot), np.array(trans)
@@ -410,4 +363,4 @@ def export_weights(run_dir: str | Path, name: str, which: str = "best") -> Path:
 
 
 __all__ = ["default_conf", "DepthKPTask", "DepthPairStream", "DepthPairList", "sequence_pairs", "synthetic_pairs",
-           "kabsch", "ransac_rigid", "rigid_errors", "export_weights"]
+           "export_weights"]
