@@ -57,7 +57,7 @@ class TestBlocks:
 # ----------------------------------------------------------------------------------------------- CLI
 @pytest.fixture
 def images(tmp_path):
-    """Four small crops of two photos, one in a sub-folder."""
+    """Five small images of two photos, three in a sub-folder."""
     root = tmp_path / "images"
     (root / "sub").mkdir(parents=True)
     photo = cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR)[::4, ::4]  # 128 x 128
@@ -65,6 +65,7 @@ def images(tmp_path):
     cv2.imwrite(str(root / "b.png"), photo[10:110, 8:108])
     cv2.imwrite(str(root / "sub" / "c.png"), photo[20:120, 20:120])
     cv2.imwrite(str(root / "sub" / "d.jpg"), skimage.data.camera()[::5, ::5])
+    cv2.imwrite(str(root / "sub" / "e.png"), photo[28:128, 12:112])
     return root
 
 
@@ -109,22 +110,22 @@ EXTRACT = ["--model", "sift", "--max-keypoints", "150"]
 
 def test_sharded_extract_and_match_merge_into_the_unsharded_files(images, tmp_path, capsys):
     shards = tmp_path / "shards"
-    # extraction in 3 shards of the 4 sorted images: blocks of 1, 1 and 2 images
+    # extraction in 3 shards of the 5 sorted images: [a], [b, sub/c], [sub/d, sub/e] (sub/ is in two shards)
     sizes = []
     for i in range(3):
         rc, out, err = run_cli(capsys, "extract", images, "-o", shards / f"features-{i}.h5", *EXTRACT,
                                "--shard", f"{i}/3")
         assert rc == 0, err
         sizes.append(len(fh5.list_feature_names(shards / f"features-{i}.h5")))
-    assert sizes == [1, 1, 2]
+    assert sizes == [1, 2, 2]
     assert fh5.read_record(shards / "features-2.h5")["shard"]["index"] == 2
     # merge in any order == one unsharded run: same entries, byte-equal arrays, same record
     merged = tmp_path / "features.h5"
     rc, out, err = run_cli(capsys, "merge", *[shards / f"features-{i}.h5" for i in (2, 0, 1)], "-o", merged)
-    assert rc == 0 and "4 images from 3 shards (4 new, 0 already present)" in out, err
+    assert rc == 0 and "5 images from 3 shards (5 new, 0 already present)" in out, err
     single = tmp_path / "single" / "features.h5"
     assert run_cli(capsys, "extract", images, "-o", single, *EXTRACT)[0] == 0
-    assert fh5.list_feature_names(merged) == ["a.png", "b.png", "sub/c.png", "sub/d.jpg"]
+    assert fh5.list_feature_names(merged) == ["a.png", "b.png", "sub/c.png", "sub/d.jpg", "sub/e.png"]
     assert_same_contents(merged, single)
     assert fh5.read_record(merged) == fh5.read_record(single)
     assert (tmp_path / "features.h5.conf.yaml").is_file()
@@ -133,16 +134,17 @@ def test_sharded_extract_and_match_merge_into_the_unsharded_files(images, tmp_pa
     assert rc == 0 and "nothing to do" in out
     # merging again resumes: nothing new
     rc, out, _ = run_cli(capsys, "merge", *sorted(shards.glob("features-*.h5")), "-o", merged)
-    assert rc == 0 and "(0 new, 4 already present)" in out
+    assert rc == 0 and "(0 new, 5 already present)" in out
 
-    # matching in 2 shards of the 6 exhaustive pairs, merged == one unsharded run
-    for i in range(2):
+    # matching in 4 shards of the 10 exhaustive pairs ((a, b), (a, c) | (a, d), (a, e), (b, c) | ...: the pairs of
+    # a.png are in two shards), merged == one unsharded run
+    for i in range(4):
         rc, _, err = run_cli(capsys, "match", merged, "--exhaustive", "-o", shards / f"matches-{i}.h5",
-                             "--shard", f"{i}/2")
+                             "--shard", f"{i}/4")
         assert rc == 0, err
-    assert [len(fh5.list_match_pairs(shards / f"matches-{i}.h5")) for i in range(2)] == [3, 3]
+    assert [len(fh5.list_match_pairs(shards / f"matches-{i}.h5")) for i in range(4)] == [2, 3, 2, 3]
     rc, out, err = run_cli(capsys, "merge", *sorted(shards.glob("matches-*.h5")), "-o", tmp_path / "matches.h5")
-    assert rc == 0 and "6 pairs from 2 shards" in out, err
+    assert rc == 0 and "10 pairs from 4 shards" in out, err
     assert run_cli(capsys, "match", single, "--exhaustive", "-o", tmp_path / "single" / "matches.h5")[0] == 0
     assert_same_contents(tmp_path / "matches.h5", tmp_path / "single" / "matches.h5")
     assert fh5.read_record(tmp_path / "matches.h5") == fh5.read_record(tmp_path / "single" / "matches.h5")
