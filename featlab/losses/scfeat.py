@@ -60,18 +60,17 @@ def line_segments_in_image(lines: torch.Tensor, image_size, eps: float = 1e-9):
     h, w = image_size
     a, b, c = lines.unbind(-1)
     big = torch.finfo(lines.dtype).max / 4
-    # intersections with x = 0, x = W (solve for y) and y = 0, y = H (solve for x)
     safe_b = torch.where(b.abs() > eps, b, torch.full_like(b, eps))
     safe_a = torch.where(a.abs() > eps, a, torch.full_like(a, eps))
-    ys = torch.stack([-(c) / safe_b, -(a * w + c) / safe_b], -1)
-    xs = torch.stack([-(c) / safe_a, -(b * h + c) / safe_a], -1)
-    cand = torch.cat([torch.stack([torch.tensor([0.0, w], dtype=lines.dtype, device=lines.device).expand_as(ys),
-                                   ys], -1),
-                      torch.stack([xs, torch.tensor([0.0, h], dtype=lines.dtype, device=lines.device).expand_as(xs)],
-                                  -1)], -2)  # (..., 4, 2)
-    ok = torch.cat([(b.abs() > eps)[..., None].expand_as(ys), (a.abs() > eps)[..., None].expand_as(xs)], -1)
+    zero, full_w, full_h = torch.zeros_like(a), torch.full_like(a, float(w)), torch.full_like(a, float(h))
+    # intersections with the borders x = 0, x = W (solved for y) and y = 0, y = H (solved for x)
+    cand = torch.stack([torch.stack([zero, -c / safe_b], -1), torch.stack([full_w, -(a * w + c) / safe_b], -1),
+                        torch.stack([-c / safe_a, zero], -1), torch.stack([-(b * h + c) / safe_a, full_h], -1)],
+                       -2)  # (..., 4, 2)
+    ok = torch.stack([b.abs() > eps, b.abs() > eps, a.abs() > eps, a.abs() > eps], -1)
     tol = 1e-4 * max(h, w)
-    inside = ok & (cand[..., 0] >= -tol) & (cand[..., 0] <= w + tol) & (cand[..., 1] >= -tol) & (cand[..., 1] <= h + tol)
+    x, y = cand[..., 0], cand[..., 1]
+    inside = ok & (x >= -tol) & (x <= w + tol) & (y >= -tol) & (y <= h + tol)
     cand = torch.where(inside[..., None], cand.clamp(min=-big, max=big), torch.zeros_like(cand))
     # the segment: the two inside candidates farthest apart
     d = (cand[..., :, None, :] - cand[..., None, :, :]).norm(dim=-1)
