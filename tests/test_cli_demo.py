@@ -29,7 +29,7 @@ def test_demo_user_pair_without_ground_truth(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--image0", "missing.jpg"], "image not found"),
+    (["--image0", "missing.jpg", "--image1", "missing.jpg"], "image not found"),  # one alone: tests/test_cli_failures
     (["--model", "nope"], "unknown extractor"),
 ])
 def test_demo_errors(tmp_path, capsys, args, message):

@@ -24,12 +24,16 @@ def register(sub):
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"extractor name (default: {DEFAULT_MODEL}; "
                    "see `featlab models`)")
-    p.add_argument("--image0", type=Path, default=ASSETS / "image0.jpg", help="first image (default: bundled)")
-    p.add_argument("--image1", type=Path, default=ASSETS / "image1.jpg", help="second image (default: bundled)")
+    p.add_argument("--image0", type=Path, default=None, help="first image (give both --image0 and --image1, or "
+                   "neither for the bundled pair)")
+    p.add_argument("--image1", type=Path, default=None, help="second image")
     p.add_argument("--homography", type=Path, default=None,
                    help="ground-truth 3x3 H_0to1 text file in featlab pixels (default: the bundled pair's; "
                         "omit with your own images to skip the ground-truth metrics)")
-    p.add_argument("--max-keypoints", type=int, default=2000)
+    p.add_argument("--max-keypoints", type=int, default=2000, help="keypoints per image (default: 2000; -1: all)")
+    p.add_argument("--max-size", type=int, default=None, metavar="N",
+                   help="extract images whose longest side exceeds N px at N px (default: as `featlab extract`, "
+                        "1600; 0: full size)")
     p.add_argument("--threshold", type=float, default=3.0, help="pixel threshold for RANSAC and correctness")
     p.add_argument("-o", "--output", type=Path, default=Path("featlab_demo"), help="output folder")
     p.set_defaults(func=run)
@@ -44,15 +48,28 @@ def run(args) -> int:
     from ..matching import match_descriptors, matches_to_indices
     from ..viz import draw_matches, save_image
 
+    from ..conf import to_container
+    from ..errors import ConfigError
+    from ..io.atomic import write_error
+    from .extract import DEFAULT_MAX_SIZE, bounded_resize
+
+    if (args.image0 is None) != (args.image1 is None):
+        given = "--image0" if args.image1 is None else "--image1"
+        raise ConfigError(f"{given} needs its partner: give both --image0 and --image1 (or neither, for the bundled "
+                          "pair)")
+    if args.image0 is None:
+        args.image0, args.image1 = ASSETS / "image0.jpg", ASSETS / "image1.jpg"
     bundled = args.image0 == ASSETS / "image0.jpg" and args.image1 == ASSETS / "image1.jpg"
+    max_size = DEFAULT_MAX_SIZE if args.max_size is None else args.max_size
     h_path = args.homography or (ASSETS / "H_0to1.txt" if bundled else None)
     H_gt = read_homography_file(h_path) if h_path else None
     img0, img1 = read_image(args.image0), read_image(args.image1)
     extractor = build_extractor(args.model, {"max_keypoints": args.max_keypoints})
 
     t0 = time.perf_counter()
-    pred0 = extract_image(extractor, img0)
-    pred1 = extract_image(extractor, img1)
+    resize = to_container(extractor.conf.resize)
+    pred0 = extract_image(extractor, img0, resize=bounded_resize(img0.shape, resize, max_size))
+    pred1 = extract_image(extractor, img1, resize=bounded_resize(img1.shape, resize, max_size))
     t_extract = (time.perf_counter() - t0) / 2
     t0 = time.perf_counter()
     matches0, _ = match_descriptors(pred0["descriptors"], pred1["descriptors"], mutual=True,
@@ -86,7 +103,10 @@ def run(args) -> int:
         correct = inliers.astype(bool)
 
     out = args.output
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise (write_error(e, out) or e) from None
     title = f"{args.model}: {len(i0)} matches" + (
         f", {int(correct.sum())} correct within {args.threshold:g}px (green)" if H_gt is not None else "")
     pic = draw_matches(img0, img1, m0, m1, correct, title=title)

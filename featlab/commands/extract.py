@@ -6,6 +6,13 @@ already in the output are skipped, and an interrupted run continues from ``<outp
 SHA-256 of the weights files): a file written by another model, other weights (even under the same name) or
 another config is refused and left as it is. The record is written beside the output as ``<output>.conf.yaml``.
 
+Image size: without ``--resize``, an image whose longest side exceeds ``--max-size`` (default 1600, hloc's
+``resize_max``) is extracted at that longest side, keypoints still in original-image pixels. residual-sift's peak
+memory grows by ~550 bytes a pixel (peak RSS from ``getrusage`` around one ``extract_image`` call, one thread,
+smoothed-noise 3:2 images: +0.41 GB at 1024x682, +1.57 GB at 2048x1365, +3.39 GB at 3072x2048), so a 6000x4000
+photo at full size would need about 13 GB (extrapolated). ``--max-size 0`` extracts at full size; an image that
+then does not fit in memory stops the run with a one-line error (the finished images stay in the partial file).
+
 Examples:
     featlab extract images/ -o features.h5 --model sift --max-keypoints 4096
     featlab extract images/ -o features.h5 --model rootsift --resize 1024 --conf contrast_threshold=0.02
@@ -22,6 +29,9 @@ import numpy as np
 from ..errors import ConfigError, InputError
 
 logger = logging.getLogger(__name__)
+
+#: longest side (px) above which images are extracted downscaled unless --resize is given (module docstring)
+DEFAULT_MAX_SIZE = 1600
 
 
 def register(sub):
@@ -41,6 +51,9 @@ def register(sub):
     p.add_argument("--resize", type=int, nargs="+", default=None, metavar="N",
                    help="resize before extraction: one number = longest side, two = H W (keypoints are always "
                         "stored in original-image pixels)")
+    p.add_argument("--max-size", type=int, default=DEFAULT_MAX_SIZE, metavar="N",
+                   help=f"without --resize, extract images whose longest side exceeds N px at N px (default "
+                        f"{DEFAULT_MAX_SIZE}, bounding memory; 0: always full size)")
     p.add_argument("--config", type=Path, default=None, help="YAML file with extractor settings")
     p.add_argument("--conf", nargs="+", default=[], metavar="KEY=VALUE",
                    help="extractor settings (override --config), e.g. --conf contrast_threshold=0.02")
@@ -84,6 +97,23 @@ def _device(name: str):
     return device
 
 
+def bounded_resize(image_shape, resize, max_size: int | None):
+    """The resize to extract an image (H, W, ...) with: ``resize`` when set, else ``max_size`` (longest side) when
+    the image is larger, else None (full size). ``max_size`` None or 0: no bound."""
+    if resize is not None or not max_size:
+        return resize
+    return int(max_size) if max(image_shape[:2]) > max_size else None
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """A failed allocation (torch, OpenCV or numpy), as opposed to a bug."""
+    if isinstance(e, MemoryError):
+        return True
+    text = str(e)
+    return any(s in text for s in ("can't allocate memory", "out of memory", "Insufficient memory",
+                                   "Failed to allocate"))
+
+
 def _resize_scale(image_shape, resize) -> float | None:
     """Mean factor original/resized pixel size (hloc's keypoint ``uncertainty``), None without resizing."""
     if resize is None:
@@ -125,8 +155,11 @@ def run(args) -> int:
         raise ConfigError(f"--intrinsics and --depth-scale apply to depth models only; '{args.model}' takes images")
     # content, not names: the resolved config of the extractor and of those inside it, and the SHA-256 of every
     # weights file, so that a resume never mixes two models, two versions of one weights file or two configs
+    max_size = getattr(args, "max_size", DEFAULT_MAX_SIZE)
+    if max_size is not None and max_size < 0:
+        raise ConfigError(f"--max-size must be >= 0 (0: no bound), got {max_size}")
     record = {"kind": "features", "model": args.model, "extractor": extractor_identity(extractor),
-              "as_half": bool(args.as_half)}
+              "as_half": bool(args.as_half), "max_size": int(max_size or 0)}
     if depth_input is not None:
         record.update(depth_input.record())  # depth scale and K decide the features too
     from ..io.shards import select_shard
@@ -141,7 +174,7 @@ def run(args) -> int:
             print(f"{output}: all {len(names)} images already extracted, nothing to do")
             return 0
 
-    counts = {"new": 0, "present": 0, "bad": 0, "keypoints": []}
+    counts = {"new": 0, "present": 0, "bad": 0, "bounded": 0, "keypoints": []}
     with staged_h5(output, record, kind="features", overwrite=args.overwrite) as f:
         done = set(list_feature_names(f))
         todo = [(p, n) for p, n in zip(files, names) if n not in done]
@@ -155,18 +188,32 @@ def run(args) -> int:
                 logger.warning("skipping %s", e)
                 counts["bad"] += 1
                 continue
-            pred = depth_input.extract(extractor, image) if depth_input else extract_image(extractor, image)
-            write_features(f, name, pred, as_half=args.as_half, uncertainty=_resize_scale(image.shape, resize))
+            size = bounded_resize(image.shape, resize, 0 if depth_input else max_size)
+            counts["bounded"] += size is not None and size != resize
+            try:
+                pred = depth_input.extract(extractor, image) if depth_input else \
+                    extract_image(extractor, image, resize=size)
+            except Exception as e:  # noqa: BLE001 - torch, OpenCV and numpy each have their own error types
+                if not _out_of_memory(e):
+                    raise
+                h, w = image.shape[:2]
+                raise InputError(f"not enough memory to extract {name} ({w}x{h}) with {args.model}: extract it "
+                                 f"smaller (--max-size {DEFAULT_MAX_SIZE} or --resize N)") from None
+            write_features(f, name, pred, as_half=args.as_half, uncertainty=_resize_scale(image.shape, size))
             f.flush()
             counts["new"] += 1
             counts["keypoints"].append(len(pred["keypoints"]))
         total = len(list_feature_names(f))
-    save_conf({**record, "images": str(images_dir)}, output.with_name(output.name + ".conf.yaml"))
+        # inside the staged block: if this fails (disk full), the output is not renamed and the run can resume
+        save_conf({**record, "images": str(images_dir)}, output.with_name(output.name + ".conf.yaml"))
 
     kp = np.array(counts["keypoints"])
     stats = (f"; keypoints per new image: mean {kp.mean():.0f}, min {kp.min()}, max {kp.max()}" if kp.size else "")
     bad = f", {counts['bad']} unreadable skipped" if counts["bad"] else ""
     print(f"{output}: {total} images ({counts['new']} new, {counts['present']} already present{bad}){stats}")
+    if counts["bounded"]:
+        print(f"note: {counts['bounded']} image(s) larger than {max_size} px were extracted at {max_size} px "
+              "(longest side; keypoints in original pixels; --max-size 0 for full size)")
     if kp.size and kp.min() == 0:
         print(f"note: {int((kp == 0).sum())} image(s) gave no keypoints (stored with zero keypoints)")
     return 0

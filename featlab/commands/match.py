@@ -3,8 +3,12 @@
 Pairs come from a pairs file (two image names per line, as stored in the features file), from all pairs of
 images (``--exhaustive``) or from each image and its W successors in name order (``--sequential W``, a video).
 Matching is nearest neighbour on the descriptors (Hamming distance for binary descriptors), mutual by default,
-with optional ratio test and distance threshold. Resumable like ``featlab extract``: pairs already in the output,
-in either order, are skipped. The resolved configuration is written beside the output as ``<output>.conf.yaml``.
+with optional ratio test and distance threshold, as hloc's ``NearestNeighbor`` matcher: the ratio test is hloc's
+symmetric one by default (``--ratio-test one-way`` for image 0 -> 1 only), and ``matching_scores0`` holds hloc's
+score ``(1 + cos) / 2`` in [0, 1] (binary descriptors: ``1 - hamming / bits``), so hloc's ``min_match_score``
+means the same on featlab's files; the record says so (``matcher.scores``). Resumable like ``featlab extract``:
+pairs already in the output, in either order, are skipped. The resolved configuration is written beside the
+output as ``<output>.conf.yaml``.
 
 Examples:
     featlab match features.h5 --exhaustive -o matches.h5
@@ -40,6 +44,9 @@ def register(sub):
     p.add_argument("--mutual", action=argparse.BooleanOptionalAction, default=True,
                    help="keep only mutual nearest neighbours (default: on)")
     p.add_argument("--ratio", type=float, default=None, help="Lowe's ratio test threshold (e.g. 0.8)")
+    p.add_argument("--ratio-test", choices=("symmetric", "one-way"), default="symmetric",
+                   help="with --ratio: symmetric (default, hloc's: both images' tests, through the mutual check) "
+                        "or one-way (image 0 -> 1 only)")
     p.add_argument("--distance-threshold", type=float, default=None,
                    help="reject matches with a larger descriptor distance (L2 for float, bits for binary)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
@@ -102,7 +109,7 @@ def _match_pair(d0: np.ndarray, d1: np.ndarray, args, device, names) -> tuple[np
     if len(d0) == 0 or len(d1) == 0:
         return np.full(len(d0), -1, np.int64), np.zeros(len(d0), np.float32)
     t0, t1 = torch.from_numpy(d0).to(device), torch.from_numpy(d1).to(device)
-    m0, s0 = match_descriptors(t0, t1, mutual=args.mutual, ratio=args.ratio,
+    m0, s0 = match_descriptors(t0, t1, mutual=args.mutual, ratio=args.ratio, ratio_test=args.ratio_test,
                                distance_threshold=args.distance_threshold, binary=binary0)
     return m0.cpu().numpy().astype(np.int64), s0.float().cpu().numpy()
 
@@ -115,6 +122,7 @@ def run(args) -> int:
     from ..io.h5 import (check_output_record, find_pair, list_feature_names, partial_path, read_record,
                          staged_h5, write_matches)
     from ..io.pairs import check_pairs, exhaustive_pairs, read_pairs, sequential_pairs, write_pairs
+    from ..matching.nearest_neighbor import SCORE_SCALE
     from .extract import _device
 
     _check_args(args)
@@ -143,7 +151,9 @@ def run(args) -> int:
 
     record = {"kind": "matches", "features": read_record(args.features) or {},
               "matcher": {"mutual": bool(args.mutual), "ratio": args.ratio,
-                          "distance_threshold": args.distance_threshold}, "as_half": bool(args.as_half)}
+                          "ratio_test": args.ratio_test if args.ratio is not None else None,
+                          "distance_threshold": args.distance_threshold, "scores": SCORE_SCALE},
+              "as_half": bool(args.as_half)}
     from ..io.shards import select_shard
     pairs, = select_shard(args.shard, record, pairs)  # --shard I/N: one block of the pair list
 
@@ -164,8 +174,9 @@ def run(args) -> int:
             write_matches(f, name0, name1, m0, s0, as_half=args.as_half)
             f.flush()
             n_matches.append(int((m0 >= 0).sum()))
-    save_conf({**record, "features_file": str(args.features), "pairs": source},
-              args.output.with_name(args.output.name + ".conf.yaml"))
+        # inside the staged block: if this fails (disk full), the output is not renamed and the run can resume
+        save_conf({**record, "features_file": str(args.features), "pairs": source},
+                  args.output.with_name(args.output.name + ".conf.yaml"))
 
     nm = np.array(n_matches)
     stats = f"; matches per new pair: mean {nm.mean():.0f}, min {nm.min()}, max {nm.max()}" if nm.size else ""

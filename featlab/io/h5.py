@@ -45,6 +45,15 @@ Partial files use HDF5's default (oldest) format, which stays readable after a h
 marks files that were not closed as unopenable). Every file records the configuration that produced it in the
 root attribute ``featlab_record`` (JSON); resuming into a file made with another configuration is an error.
 A lock file (``<output>.lock``) keeps two featlab processes from writing the same output at once.
+
+Full disks and read-only folders
+--------------------------------
+HDF5 does not survive a full disk: a write that fails inside the library can leave it in a state where the next
+call crashes the process (measured: ``featlab match`` into a full 40 KiB tmpfs ended with a segmentation fault, exit
+139). So every write checks the free space first and stops with an :class:`~featlab.errors.InputError` while
+:data:`featlab.io.atomic.RESERVE_BYTES` (plus twice the data to write) are still free, enough to close the partial file cleanly; the
+partial file then holds every finished image or pair and the next run resumes from it. A folder that cannot be
+written (read-only file system, no permission) is an InputError too, before anything is created.
 """
 from __future__ import annotations
 
@@ -53,18 +62,21 @@ import json
 import logging
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import h5py
 import numpy as np
 
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, FeatlabError, InputError
 from ..pixels import from_hloc, to_hloc
+from .atomic import RESERVE_BYTES, OutputWriteError, check_free_space, write_error
 
 logger = logging.getLogger(__name__)
 
 RECORD_ATTR = "featlab_record"
+
 #: datasets of one image's group in a features file (hloc names)
 FEATURE_DATASETS = ("keypoints", "descriptors", "scores", "image_size")
 #: featlab contract key -> hloc dataset name (the others keep their names)
@@ -102,6 +114,53 @@ def _check_name(name: str) -> str:
 
 def _file_label(h5) -> str:
     return h5.file.filename if isinstance(h5, (h5py.File, h5py.Group)) else str(h5)
+
+
+class _UnraisableWriteErrors:
+    """Collects write errors that h5py reports through ``sys.unraisablehook`` (errors while it releases objects
+    are printed and ignored, after which the library may crash): a write that raised one must stop the run."""
+
+    def __init__(self):
+        self.errors: list[BaseException] = []
+        self._previous = None
+
+    def __enter__(self):
+        self._previous = sys.unraisablehook
+
+        def hook(unraisable):
+            if unraisable.exc_value is not None and write_error(unraisable.exc_value, "") is not None:
+                self.errors.append(unraisable.exc_value)
+            else:
+                self._previous(unraisable)
+        sys.unraisablehook = hook
+        return self
+
+    def __exit__(self, *exc):
+        sys.unraisablehook = self._previous
+        return False
+
+
+def _guarded_write(h5, nbytes: int, what: str, write) -> None:
+    """Run ``write(f)`` on the open file ``h5`` (or the file at path ``h5``) after a free-space check; turn
+    write errors (also those h5py only prints) into InputError."""
+    label = _file_label(h5)
+    check_free_space(label, nbytes, what)
+    with _UnraisableWriteErrors() as seen:
+        try:
+            with _opened(h5, "a") as f:
+                write(f)
+        except (OSError, RuntimeError) as e:
+            err = write_error(e, label)
+            if err is None:
+                raise
+            raise err from None
+    if seen.errors:
+        # h5py swallowed a failed write while releasing objects; after that, measured on a full tmpfs, any further
+        # call into the library (flush, close, even the interpreter's exit) crashes with a segmentation fault:
+        # the file is left as it is (it reopens, minus this entry) and the CLI ends the process at once
+        err = write_error(seen.errors[0], label)
+        err.hard_exit = True
+        raise err
 
 
 # --------------------------------------------------------------------------------------------- features
@@ -147,7 +206,8 @@ def write_features(h5, name: str, pred: Mapping[str, Any], as_half: bool = False
     for key, value in arrays.items():  # extras (scales, oris, ...): per-keypoint arrays only
         if value.ndim >= 1 and value.shape[0] == n:
             data[_TO_HLOC.get(key, key)] = value
-    with _opened(h5, "a") as f:
+
+    def write(f):
         if name in f:
             del f[name]
         grp = f.create_group(name)
@@ -155,6 +215,7 @@ def write_features(h5, name: str, pred: Mapping[str, Any], as_half: bool = False
             grp.create_dataset(key, data=value)
         if uncertainty is not None:
             grp["keypoints"].attrs["uncertainty"] = float(uncertainty)
+    _guarded_write(h5, sum(np.asarray(v).nbytes for v in data.values()), f"the features of {name!r}", write)
 
 
 def read_features(h5, name: str) -> dict[str, np.ndarray]:
@@ -256,12 +317,14 @@ def write_matches(h5, name0: str, name1: str, matches0, scores0=None, as_half: b
     if s.shape != m.shape:
         raise InputError(f"matching scores {s.shape} and matches {m.shape} of ({name0}, {name1}) differ")
     key = names_to_pair(name0, name1)
-    with _opened(h5, "a") as f:
+
+    def write(f):
         if key in f:
             del f[key]
         grp = f.create_group(key)
         grp.create_dataset("matches0", data=m.astype(np.int32))
         grp.create_dataset("matching_scores0", data=s.astype(np.float16 if as_half else np.float32))
+    _guarded_write(h5, 8 * m.size, f"the matches of ({name0}, {name1})", write)
 
 
 def read_matches(h5, name0: str, name1: str, num_keypoints0: int | None = None) -> dict[str, np.ndarray]:
@@ -442,7 +505,13 @@ def _output_lock(path: Path):
     except ImportError:  # pragma: no cover - non-POSIX: no locking
         yield
         return
-    fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+    except OSError as e:
+        err = write_error(e, path)
+        if err is None:
+            raise
+        raise err from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -477,7 +546,10 @@ def staged_h5(path: str | Path, record: Mapping, kind: str = "features",
     if kind not in ("features", "matches"):
         raise ValueError(f"kind must be 'features' or 'matches', got {kind!r}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise (write_error(e, path.parent) or e) from None
     partial = partial_path(path)
     record_json = json.dumps(record, sort_keys=True)
     with _output_lock(path):
@@ -487,20 +559,38 @@ def staged_h5(path: str | Path, record: Mapping, kind: str = "features",
             if path.exists() and not overwrite:
                 check_output_record(path, record)
                 tmp = partial.with_name(partial.name + ".copy")
-                shutil.copyfile(path, tmp)
+                check_free_space(tmp, path.stat().st_size // 2, f"a copy of {path} to resume into")
+                try:
+                    shutil.copyfile(path, tmp)
+                except OSError as e:
+                    tmp.unlink(missing_ok=True)
+                    raise (write_error(e, tmp) or e) from None
                 os.replace(tmp, partial)
         try:
             f = h5py.File(partial, "a")
         except OSError as e:
-            raise InputError(f"cannot open {partial} for writing: {e}") from None
+            raise (write_error(e, partial) or InputError(f"cannot open {partial} for writing: {e}")) from None
         try:
             f.attrs[RECORD_ATTR] = record_json
             yield f
-        except BaseException:
-            f.close()
+        except BaseException as e:
+            if not getattr(e, "hard_exit", False):  # see _guarded_write: closing would crash
+                with contextlib.suppress(OSError, RuntimeError):  # a full disk can fail the close too
+                    f.close()
+            err = write_error(e, partial) if isinstance(e, (OSError, RuntimeError)) else e
+            if isinstance(err, OutputWriteError):
+                out = OutputWriteError(f"{err}; finished work is kept in {partial}: make room, then run the same "
+                                       "command again to resume")
+                out.hard_exit = getattr(e, "hard_exit", False)
+                raise out from None
+            if isinstance(err, FeatlabError):  # one line from the CLI; what to fix is in the message itself
+                raise type(err)(f"{err}; finished work is kept in {partial} (the next run resumes from it)") from None
             logger.warning("interrupted: partial results kept in %s; run the same command again to resume", partial)
             raise
-        f.close()
+        try:
+            f.close()
+        except (OSError, RuntimeError) as e:
+            raise (write_error(e, partial) or e) from None
         os.replace(partial, path)
 
 

@@ -115,14 +115,35 @@ def _read_with_pil(path: Path) -> np.ndarray:
 
 
 def list_images(folder: str | Path, recursive: bool = True) -> list[Path]:
-    """Sorted image files under ``folder``; InputError if the folder is missing or holds no image."""
+    """Sorted image files under ``folder``; InputError if the folder is missing or holds no image.
+
+    Symbolic links to sub-folders are followed; a link to a folder already listed (a loop, or a second way into
+    the same folder) is skipped with a warning, so each folder's images are listed once, under its first path in
+    sorted order.
+    """
+    import logging
+    import os
+
     folder = Path(folder)
     if not folder.exists():
         raise InputError(f"folder not found: {folder}")
     if not folder.is_dir():
         raise InputError(f"not a folder: {folder}")
-    pattern = "**/*" if recursive else "*"
-    files = sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if recursive:
+        files, seen = [], set()
+        for root, dirs, names in os.walk(folder, followlinks=True):
+            st = os.stat(root)
+            if (st.st_dev, st.st_ino) in seen:
+                logging.getLogger(__name__).warning("skipping %s: a link to a folder already listed (%s)", root,
+                                                    os.path.realpath(root))
+                dirs[:] = []
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            dirs.sort()
+            files.extend(Path(root) / n for n in names)
+    else:
+        files = list(folder.iterdir())
+    files = sorted(p for p in files if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
         raise InputError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {folder}")
     return files
