@@ -196,3 +196,24 @@ def test_resize_keeps_original_pixels(images, tmp_path, capsys):
     assert fa["image_size"].tolist() == [200, 200] and fa["uncertainty"] == pytest.approx(2.0)
     assert fa["keypoints"].max() > 100 and fa["keypoints"].max() <= 200
     assert fh5.read_record(feats)["extractor"]["conf"]["resize"] == 100 and fh5.read_record(feats)["as_half"]
+
+
+def test_matches_file_uses_hloc_scores_and_symmetric_ratio(images, tmp_path, capsys):
+    feats = tmp_path / "f.h5"
+    assert run_cli(capsys, "extract", images, "-o", feats, "--model", "sift", "--max-keypoints", "300")[0] == 0
+    sym, one = tmp_path / "sym.h5", tmp_path / "one.h5"
+    assert run_cli(capsys, "match", feats, "--exhaustive", "-o", sym, "--ratio", "0.9")[0] == 0
+    assert run_cli(capsys, "match", feats, "--exhaustive", "-o", one, "--ratio", "0.9", "--ratio-test", "one-way")[0] == 0
+    matcher = fh5.read_record(sym)["matcher"]
+    assert matcher["ratio_test"] == "symmetric" and matcher["scores"].startswith("(1 + cosine) / 2")
+    assert load_yaml(tmp_path / "sym.h5.conf.yaml")["matcher"]["scores"] == matcher["scores"]
+    fa, fc = fh5.read_features(feats, "a.png"), fh5.read_features(feats, "sub/deeper/c.png")
+    m_sym = fh5.read_matches(sym, "a.png", "sub/deeper/c.png")
+    m_one = fh5.read_matches(one, "a.png", "sub/deeper/c.png")
+    # hloc's score of each stored match, from the stored descriptors
+    i0, i1 = m_sym["matches"].T
+    cos = np.sum(fa["descriptors"][i0] * fc["descriptors"][i1], axis=1)
+    np.testing.assert_allclose(m_sym["matching_scores"], (1 + cos) / 2, atol=1e-5)
+    # the symmetric test adds image 1's test to image 0's: its matches are a subset of the one-way matches
+    assert set(map(tuple, m_sym["matches"])) <= set(map(tuple, m_one["matches"]))
+    assert len(m_sym["matches"]) >= 50
