@@ -203,7 +203,8 @@ def test_matches_file_uses_hloc_scores_and_symmetric_ratio(images, tmp_path, cap
     assert run_cli(capsys, "extract", images, "-o", feats, "--model", "sift", "--max-keypoints", "300")[0] == 0
     sym, one = tmp_path / "sym.h5", tmp_path / "one.h5"
     assert run_cli(capsys, "match", feats, "--exhaustive", "-o", sym, "--ratio", "0.9")[0] == 0
-    assert run_cli(capsys, "match", feats, "--exhaustive", "-o", one, "--ratio", "0.9", "--ratio-test", "one-way")[0] == 0
+    assert run_cli(capsys, "match", feats, "--exhaustive", "-o", one, "--ratio", "0.9",
+                   "--ratio-test", "one-way")[0] == 0
     matcher = fh5.read_record(sym)["matcher"]
     assert matcher["ratio_test"] == "symmetric" and matcher["scores"].startswith("(1 + cosine) / 2")
     assert load_yaml(tmp_path / "sym.h5.conf.yaml")["matcher"]["scores"] == matcher["scores"]

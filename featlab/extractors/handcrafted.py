@@ -168,8 +168,9 @@ class ORB(OpenCVExtractor):
         "fast_threshold": checked(20, ge=0, le=255),
         "edge_threshold": checked(31, ge=0),  # OpenCV edgeThreshold: border (px) without keypoints; keep >= patch_size
         "patch_size": checked(31, ge=2),  # OpenCV patchSize: side of the oriented BRIEF patch at level 0 (1 asserts)
-        "n_features": checked(100000, ge=1),  # OpenCV nfeatures: detection budget spread over the levels (Harris-ranked per
-        # level) before the global top max_keypoints by Harris response are described
+        # OpenCV nfeatures: detection budget spread over the levels (Harris-ranked per level) before the global top
+        # max_keypoints by Harris response are described
+        "n_features": checked(100000, ge=1),
     }
 
     def _init(self, conf):

@@ -51,9 +51,12 @@ Full disks and read-only folders
 HDF5 does not survive a full disk: a write that fails inside the library can leave it in a state where the next
 call crashes the process (measured: ``featlab match`` into a full 40 KiB tmpfs ended with a segmentation fault, exit
 139). So every write checks the free space first and stops with an :class:`~featlab.errors.InputError` while
-:data:`featlab.io.atomic.RESERVE_BYTES` (plus twice the data to write) are still free, enough to close the partial file cleanly; the
-partial file then holds every finished image or pair and the next run resumes from it. A folder that cannot be
-written (read-only file system, no permission) is an InputError too, before anything is created.
+:data:`featlab.io.atomic.RESERVE_BYTES` (plus twice the data to write) are still free, enough to close the partial
+file cleanly; the partial file then holds every finished image or pair and the next run resumes from it. If the
+disk fills anyway (another process writing between the check and the write), h5py only prints the failure; featlab
+catches it, leaves the partial file as it is (it reopens, minus that entry) and the CLI exits at once with one line
+(exit 2), before any further HDF5 call can crash. A folder that cannot be written (read-only file system, no
+permission) is an InputError too, before anything is created.
 """
 from __future__ import annotations
 
