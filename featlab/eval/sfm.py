@@ -210,7 +210,7 @@ def add_cli(esub):
     p = esub.add_parser("sfm", help="reconstruction accuracy against ground-truth cameras (Sim(3) alignment)",
                         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("reconstructions", nargs="+", metavar="[LABEL=]FOLDER",
-                   help="`featlab reconstruct` output folders or COLMAP model folders, optionally labelled")
+                   help="featlab reconstruct output folders or COLMAP model folders, optionally labelled")
     p.add_argument("--gt", type=Path, required=True, help="ground-truth COLMAP model (X, X/sparse or X/sparse/0)")
     p.add_argument("--align-threshold", type=float, default=ALIGN_THRESHOLD,
                    help=f"alignment inlier threshold, fraction of the GT centres' spread (default {ALIGN_THRESHOLD})")

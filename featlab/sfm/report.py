@@ -72,7 +72,7 @@ def plot_model(path, rec, title: str = "", max_points: int = 50000) -> Path | No
         near = r <= np.quantile(r, 0.99)
         p2, cols = p2[near], cols[near]
     fig, ax = plt.subplots(figsize=(7, 7))
-    ax.scatter(p2[:, 0], p2[:, 1], s=0.3, c=cols, linewidths=0)
+    ax.scatter(p2[:, 0], p2[:, 1], s=float(np.clip(5000 / max(len(p2), 1), 0.3, 4.0)), c=cols, linewidths=0)
     span = max(np.ptp(np.concatenate([p2, c2]), axis=0).max(), 1e-9)
     size = 0.03 * span
     for c, d in zip(c2, d2):
