@@ -23,14 +23,15 @@ import shutil
 import time
 from pathlib import Path
 
+from ..commands.extract import DEFAULT_MAX_SIZE
 from ..errors import ConfigError, InputError
 
 logger = logging.getLogger(__name__)
 
 #: featlab's model for reconstruction (chosen on castle-P30, docs/RECONSTRUCTION.md)
 DEFAULT_MODEL = "residual-sift"
-#: images with a longer side than this are extracted at this longest side (smaller collections at full size)
-DEFAULT_MAX_SIDE = 1600
+#: images with a longer side than this are extracted at this longest side (``featlab extract --max-size``'s default)
+DEFAULT_MAX_SIDE = DEFAULT_MAX_SIZE
 #: keypoints per image (COLMAP's SIFT default, max_num_features)
 DEFAULT_MAX_KEYPOINTS = 8192
 #: Lowe's ratio for models with SIFT keypoints and descriptors built on SIFT (hloc's NN-ratio for SIFT); learned
@@ -63,7 +64,8 @@ def reconstruct(images, out, model: str = DEFAULT_MODEL, pairs: str = "exhaustiv
         out: output folder (created; features and matches there are resumed).
         model: featlab extractor name, ignored with ``colmap``.
         pairs, pairs_n: 'exhaustive' | 'sequential' N | 'retrieval' K.
-        resize: longest side for extraction; None: full size up to :data:`DEFAULT_MAX_SIDE`, that side above it.
+        resize: longest side for extraction; None: each image at full size up to :data:`DEFAULT_MAX_SIDE`, at that
+            longest side above it (``featlab extract``'s bound).
         ratio: ratio test threshold; None: :func:`default_ratio` (0 disables it).
         camera_mode, camera_model: see :mod:`.cameras`.
         conf: extra ``key=value`` extractor settings (``featlab extract --conf``).
@@ -76,6 +78,7 @@ def reconstruct(images, out, model: str = DEFAULT_MODEL, pairs: str = "exhaustiv
 
     from ..commands import extract as extract_cmd
     from ..commands import match as match_cmd
+    from ..conf import load_yaml
     from ..io.image import list_images
     from ..io.pairs import write_pairs
     from .cameras import camera_info, group_cameras, image_size_as_read, make_camera
@@ -105,8 +108,6 @@ def reconstruct(images, out, model: str = DEFAULT_MODEL, pairs: str = "exhaustiv
     for i, c in enumerate(camera_index):
         first.setdefault(c, i)
     cameras = [make_camera(camera_model, infos[first[c]]) for c in range(len(first))]
-    if resize is None and max(max(s) for s in sizes) > DEFAULT_MAX_SIDE:
-        resize = DEFAULT_MAX_SIDE
     ratio = default_ratio(model) if ratio is None else (None if ratio == 0 else ratio)
 
     times: dict[str, float] = {}
@@ -125,7 +126,8 @@ def reconstruct(images, out, model: str = DEFAULT_MODEL, pairs: str = "exhaustiv
                                                   pairs_path, num_threads=num_threads, seed=seed)
         times.update(stage_times)
     else:
-        settings.update(model=model, resize=resize, max_keypoints=max_keypoints, ratio=ratio, mutual=True)
+        settings.update(model=model, resize=resize if resize is not None else f"none up to {DEFAULT_MAX_SIDE} px",
+                        max_keypoints=max_keypoints, ratio=ratio, mutual=True)
         argv = ["extract", str(images), "-o", str(features), "--model", model, "--max-keypoints", str(max_keypoints)]
         if resize is not None:
             argv += ["--resize", str(resize)]
@@ -144,6 +146,7 @@ def reconstruct(images, out, model: str = DEFAULT_MODEL, pairs: str = "exhaustiv
             argv += ["--ratio", str(ratio)]
         match_cmd.run(_subcommand_args(match_cmd, argv))
         times["match"] = time.perf_counter() - t
+        settings["matcher"] = load_yaml(matches.with_name(matches.name + ".conf.yaml")).get("matcher")
         t = time.perf_counter()
         write_database(db_path, names, cameras, camera_index, features, matches, pair_list)
         verified = verify_matches(db_path, pairs_path, seed=seed, num_threads=num_threads)
