@@ -444,7 +444,8 @@ def load_sequence(args):
         raise InputError(f"no frame pair of {args.rgbd} passes the covisibility test for gaps {args.gaps} "
                          "(lower --min-covisibility or widen --frames)")
     gaps = " ".join(map(str, sorted({j - i for i, j in pairs})))
-    label = f"{Path(args.rgbd).name} ({len(pairs)} pairs, frame gaps {gaps})"
+    synthetic = (Path(args.rgbd) / "synthetic.json").is_file()  # written by featlab.datasets.render
+    label = f"{'synthetic: ' if synthetic else ''}{Path(args.rgbd).name} ({len(pairs)} pairs, frame gaps {gaps})"
     depth_intr = f"fx = fy = {f:g} px, principal point ({cx:g}, {cy:g}) ({origin})"
     if np.allclose(colour.K, K_depth):
         note = "colour and depth share one K (registered): colour keypoints are lifted at their own pixels."
@@ -454,5 +455,5 @@ def load_sequence(args):
                 "centre assumed and the sensors' baseline ignored.")
     source = {"kind": "rgbd", "label": label, "root": str(Path(args.rgbd).resolve()), "layout": colour.layout,
               "depth_intrinsics": depth_intr, "colour_intrinsics": colour.intrinsics, "colour_note": note,
-              "dataset_conf": to_container(sequence.conf), "synthetic": (Path(args.rgbd) / "synthetic.json").is_file()}
+              "dataset_conf": to_container(sequence.conf), "synthetic": synthetic}
     return sequence, colour, K_depth, pairs, source
