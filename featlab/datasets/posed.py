@@ -32,15 +32,14 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
 
-import cv2
 import numpy as np
 
 from ..conf import none_or, resolve_conf, to_container
 from ..errors import ConfigError, InputError
 from ..geometry.pose import rotation_angle
 from ..io.atomic import atomic_write_text
+from ..io.depth import resize_depth_nearest  # the one nearest depth resize (also re-exported from here)
 from ..io.image import as_rgb_uint8, read_image, resize_exact
-from ..pixels import from_opencv
 from .rgbd import read_pairs_file
 
 logger = logging.getLogger(__name__)
@@ -122,23 +121,9 @@ def read_depth_file(path: Path, depth_scale: float = 1e-3) -> np.ndarray:
         depth = depth.astype(np.float32)
         depth[~np.isfinite(depth) | (depth < 0)] = 0.0
         return depth
-    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if raw is None or raw.ndim != 2 or raw.dtype != np.uint16:
-        what = "unreadable" if raw is None else f"{raw.dtype} {raw.shape}"
-        raise InputError(f"depth image {path} must be a single-channel uint16 PNG (or .npy), got {what}")
-    depth = raw.astype(np.float32) * np.float32(depth_scale)
-    depth[(raw == 0) | (raw == 65535)] = 0.0
-    return depth
+    from ..io.depth import read_depth
 
-
-def resize_depth_nearest(depth: np.ndarray, size) -> np.ndarray:
-    """Nearest-neighbour resize of a depth map to ``size`` = (H', W') that keeps pixel centres aligned: output pixel
-    (i, j) takes input pixel ``(floor((i + 0.5) H / H'), floor((j + 0.5) W / W'))`` (no depth mixing at edges)."""
-    h, w = depth.shape
-    out_h, out_w = int(size[0]), int(size[1])
-    rows = np.minimum((from_opencv(np.arange(out_h)) * (h / out_h)).astype(np.int64), h - 1)
-    cols = np.minimum((from_opencv(np.arange(out_w)) * (w / out_w)).astype(np.int64), w - 1)
-    return np.ascontiguousarray(depth[rows[:, None], cols[None, :]])
+    return read_depth(path, depth_scale)  # 16-bit PNG, 0 and 65535 invalid
 
 
 def resize_view(image: np.ndarray, K: np.ndarray, size, depth: np.ndarray | None = None):

@@ -31,7 +31,6 @@ import functools
 import re
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from ..conf import none_or, resolve_conf
@@ -283,19 +282,9 @@ class RGBDSequence:
         return bool(np.isfinite(self.poses_c2w[i]).all())
 
     def _read_depth(self, i: int) -> np.ndarray:
-        path = self._depth_paths[i]
-        if not path.is_file():
-            raise InputError(f"depth image not found: {path}")
-        raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if raw is None or raw.ndim != 2 or raw.dtype != np.uint16:
-            what = "unreadable" if raw is None else f"{raw.dtype} {raw.shape}"
-            raise InputError(f"depth image {path} must be a single-channel uint16 PNG, got {what}")
-        invalid = np.zeros(raw.shape, bool)
-        for value in self._invalid_depth:
-            invalid |= raw == value
-        depth = raw.astype(np.float32) * np.float32(self.depth_scale)
-        depth[invalid] = 0.0
-        return depth
+        from ..io.depth import read_depth
+
+        return read_depth(self._depth_paths[i], self.depth_scale, self._invalid_depth)
 
     def load_depth(self, i: int) -> np.ndarray:
         """(H, W) float32 depth in metres of frame i, 0 where invalid (a copy: the cached map stays intact)."""

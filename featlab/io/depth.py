@@ -154,14 +154,26 @@ class DepthFolderInput:
         return extract_depth(extractor, depth, self.intrinsics_for(depth))
 
 
+def resize_depth_nearest(depth: np.ndarray, size) -> np.ndarray:
+    """Nearest-neighbour resize of a depth map to ``size`` = (H', W') that keeps pixel centres aligned: output pixel
+    (i, j) takes input pixel ``(floor((i + 0.5) H / H'), floor((j + 0.5) W / W'))``. Averaging would blend depths
+    across an edge, or with invalid zeros, into surfaces that do not exist."""
+    from ..pixels import from_opencv
+
+    h, w = depth.shape
+    out_h, out_w = int(size[0]), int(size[1])
+    rows = np.minimum((from_opencv(np.arange(out_h)) * (h / out_h)).astype(np.int64), h - 1)
+    cols = np.minimum((from_opencv(np.arange(out_w)) * (w / out_w)).astype(np.int64), w - 1)
+    return np.ascontiguousarray(depth[rows[:, None], cols[None, :]])
+
+
 def resize_depth(depth: np.ndarray, resize) -> tuple[np.ndarray, tuple[float, float]]:
-    """Resize a depth map with nearest-neighbour sampling (pixel-centre aligned): averaging would blend depths across
-    an edge, or with invalid zeros, into surfaces that do not exist.
+    """Resize a depth map by the size rule of :func:`featlab.io.image.resize_image`, with
+    :func:`resize_depth_nearest`.
 
     Args:
         depth: (H, W) float32 metres.
-        resize: None (keep), an int (longest side) or (H, W); the size rule of
-            :func:`featlab.io.image.resize_image`.
+        resize: None (keep), an int (longest side) or (H, W).
     Returns:
         the resized map and the scale (sx, sy) with p_orig = p_resized * scale (intrinsics of the resized map:
         ``diag(1/sx, 1/sy, 1) @ K``).
@@ -176,5 +188,4 @@ def resize_depth(depth: np.ndarray, resize) -> tuple[np.ndarray, tuple[float, fl
         new_h, new_w = int(resize[0]), int(resize[1])
     if (new_h, new_w) == (h, w):
         return depth, (1.0, 1.0)
-    out = cv2.resize(depth, (new_w, new_h), interpolation=cv2.INTER_NEAREST_EXACT)
-    return out, (w / new_w, h / new_h)
+    return resize_depth_nearest(depth, (new_h, new_w)), (w / new_w, h / new_h)
