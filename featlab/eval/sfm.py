@@ -82,12 +82,13 @@ def align_and_score(rec_poses: dict[str, np.ndarray], gt_poses: dict[str, np.nda
     from ..geometry.pose import rotation_angle
     from ..sfm import import_pycolmap
 
-    names = {r: g for r, g in _name_map(list(rec_poses), list(gt_poses)).items()}
+    names = _name_map(list(rec_poses), list(gt_poses))
     common = sorted(names, key=lambda r: names[r])
     if len(common) < 3:
         raise GeometryError(f"only {len(common)} registered image(s) match ground-truth names; the Sim(3) "
                             "alignment needs 3 (are the names relative to the same folder?)")
-    def centre(T):
+
+    def centre(T):  # camera centre (3,) of a world-to-camera pose
         return -T[:3, :3].T @ T[:3, 3]
 
     src = np.array([centre(rec_poses[r]) for r in common])

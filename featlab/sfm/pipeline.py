@@ -18,15 +18,12 @@ on the same cameras, pairs rule and mapper: the reference the featlab models are
 from __future__ import annotations
 
 import argparse
-import logging
 import shutil
 import time
 from pathlib import Path
 
 from ..commands.extract import DEFAULT_MAX_SIZE
 from ..errors import ConfigError, InputError
-
-logger = logging.getLogger(__name__)
 
 #: featlab's model for reconstruction (chosen on castle-P30, docs/RECONSTRUCTION.md)
 DEFAULT_MODEL = "residual-sift"
