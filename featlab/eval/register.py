@@ -269,7 +269,8 @@ def run_benchmark(sequence, pairs: list[tuple[int, int]], methods: dict, conf: d
                       "keys": (str(sequence.image_name(int(i))), str(sequence.image_name(int(j)))),
                       "name": f"{sequence.image_name(int(i))}_{sequence.image_name(int(j))}",
                       "covisibility": getattr(sequence, "covisibilities", {}).get((int(i), int(j))),
-                      "gt_rotation": float(rotation_angle(T[:3, :3])), "gt_translation": float(np.linalg.norm(T[:3, 3])),
+                      "gt_rotation": float(rotation_angle(T[:3, :3])),
+                      "gt_translation": float(np.linalg.norm(T[:3, 3])),
                       "identity_passes": identity_passes(T, conf.thresholds), "T_0to1": T})
     results: dict[str, Any] = {}
     for name, ext in methods.items():

@@ -1,11 +1,11 @@
 """Baselines on depth maps: SIFT on a normalised depth image (an extractor, ``inputs = "depth"``) and FPFH + RANSAC
 on the point clouds (Open3D; a registration method, not an extractor: FPFH descriptors are not unit vectors).
 
-``sift-depth`` (SIFT contrast threshold 0.01) renders each depth map as an 8-bit image: valid depths mapped linearly from ``[near, far]`` to
-[0, 255] (by default the map's own 1st and 99th percentiles of valid depth; SIFT descriptors are invariant to that
-gain and offset), invalid pixels filled with the nearest valid depth so that holes make no edges, and SIFT's detector
-masked to pixels with valid depth at least ``invalid_margin`` px away from any hole (OpenCV SIFT, featlab's
-:class:`~featlab.extractors.handcrafted.SIFT` with its pixel conversion and top-k).
+``sift-depth`` (SIFT contrast threshold 0.01) renders each depth map as an 8-bit image: valid depths mapped
+linearly from ``[near, far]`` to [0, 255] (by default the map's own 1st and 99th percentiles of valid depth; SIFT
+descriptors are invariant to that gain and offset), invalid pixels filled with the nearest valid depth so that holes
+make no edges, and SIFT's detector masked to pixels with valid depth at least ``invalid_margin`` px away from any
+hole (OpenCV SIFT, featlab's :class:`~featlab.extractors.handcrafted.SIFT` with its pixel conversion and top-k).
 
 FPFH (Rusu et al. 2009) as the issue's reference protocol: 2.5 cm voxels, normals from a 5 cm radius, FPFH from a
 12.5 cm radius, mutual nearest neighbours of the descriptors, Open3D's RANSAC over 3-point samples
