@@ -333,8 +333,7 @@ def test_models_lists_only_what_runs_and_marks_recipes(capsys):
     runnable = {line.split()[0] for line in head.splitlines() if line.strip()}
     recipes = {line.split()[0] for line in tail.splitlines()[1:] if line.strip() and not line.startswith("weights")}
     assert {"sift", "residual-sift", "caps-sift"} <= runnable
-    no_weights = {"residual-rootsift", "residual-sift-product", "residual-sift-sum", "residual-surf-upright",
-                  "residual-sift-v2"}
+    no_weights = {"residual-rootsift", "residual-sift-product", "residual-sift-sum", "residual-surf-upright"}
     from featlab.commands.models import weights_file
 
     for name in no_weights:

@@ -55,7 +55,7 @@ def test_file_sha256_follows_content(tmp_path, monkeypatch):
 
 
 def test_identity_holds_weights_hash_and_inner_extractor_config(weights):
-    ident = extractor_identity(build_extractor("residual-sift", {"weights": str(weights), "max_keypoints": 77}))
+    ident = extractor_identity(build_extractor("residual-sift-v1", {"weights": str(weights), "max_keypoints": 77}))
     assert ident["weights_sha256"] == {"mine.safetensors": file_sha256(weights),
                                        "mine.json": file_sha256(weights.with_suffix(".json"))}
     assert ident["conf"]["max_keypoints"] == 77
@@ -68,8 +68,8 @@ def test_eval_cache_misses_when_weights_are_reexported_under_the_same_name(weigh
     conf = {"weights": str(weights), "max_keypoints": 50}
 
     def cache():
-        return FeatureCache(tmp_path / "cache", "residual-sift",
-                            {"extractor": extractor_settings(build_extractor("residual-sift", conf))})
+        return FeatureCache(tmp_path / "cache", "residual-sift-v1",
+                            {"extractor": extractor_settings(build_extractor("residual-sift-v1", conf))})
 
     feats = {"descriptors": np.ones((3, 4), np.float32)}
     first = cache()
@@ -120,7 +120,7 @@ def refused(capsys, *argv) -> str:
 
 def test_extract_resume_refuses_other_weights_model_or_config(images, weights, tmp_path, monkeypatch, capsys):
     feats = tmp_path / "f.h5"
-    cmd = ["extract", images, "-o", feats, "--model", "residual-sift", "--conf", f"weights={weights}",
+    cmd = ["extract", images, "-o", feats, "--model", "residual-sift-v1", "--conf", f"weights={weights}",
            "--max-keypoints", "64"]
     interrupted_extract(monkeypatch, capsys, *cmd)
     partial = fh5.partial_path(feats)
@@ -130,7 +130,7 @@ def test_extract_resume_refuses_other_weights_model_or_config(images, weights, t
     assert "weights_sha256.mine.safetensors" in refused(capsys, *cmd)
     export(weights, seed=0)
     assert "max_keypoints" in refused(capsys, *cmd[:-1], "65")  # another config
-    assert "model: residual-sift != sift" in refused(capsys, "extract", images, "-o", feats, "--model", "sift",
+    assert "model: residual-sift-v1 != sift" in refused(capsys, "extract", images, "-o", feats, "--model", "sift",
                                                     "--max-keypoints", "64")  # another model
     assert partial.read_bytes() == before and not feats.exists()  # left exactly as it was
 

@@ -127,7 +127,7 @@ def test_learned_extractors_fold_batchnorm_at_inference(tmp_path):
                           res_path, {"name": "sift", "conf": {}})
     save_caps_weights(_randomise_batchnorm(ResUNet({"widths": [16, 32, 64], "stem_width": 16})), caps_path)
     image = torch.rand(1, 3, 96, 128, generator=torch.Generator().manual_seed(2))
-    for name, path, load in (("residual-sift", res_path, load_residual_weights),
+    for name, path, load in (("residual-sift-v1", res_path, load_residual_weights),
                              ("caps-sift", caps_path, load_caps_weights)):
         ext = build_extractor(name, {"weights": str(path), "max_keypoints": 60, "channels_last": False})
         assert not _has_batchnorm(ext), name
@@ -137,7 +137,7 @@ def test_learned_extractors_fold_batchnorm_at_inference(tmp_path):
         kpts = pred["keypoints"]
         assert kpts.shape[1] > 10
         with torch.no_grad():
-            if name == "residual-sift":
+            if name == "residual-sift-v1":
                 ref = unfolded(image, kpts, ext.g({"image": image})["descriptors"])
             else:
                 from featlab.extractors.caps import dense_maps, sample_descriptors

@@ -219,7 +219,7 @@ class TestFusion:
         image1 = warp_image(photo, _similarity(25.0, 0.9, SIZE), (SIZE, SIZE))
         g = build_extractor("rootsift", {"max_keypoints": 200})
         path = weights_file if selector else plain_weights_file
-        fused = build_extractor("residual-sift-v2", {"weights": str(path), "max_keypoints": 200})
+        fused = build_extractor("residual-sift", {"weights": str(path), "max_keypoints": 200})
         if selector:
             torch.nn.init.zeros_(fused.net.selector.mlp[-1].weight)
         assert fused.net.fusion.tolist() == [1.0, 0.0]  # an unfitted model
@@ -337,7 +337,8 @@ class TestLoss:
 def weights_file(tmp_path_factory):
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("weights") / "v2.safetensors"
-    return save_patch_residual_weights(PatchResidualNet(), path, {"name": "rootsift", "conf": {}})
+    return save_patch_residual_weights(PatchResidualNet({"selector_hidden": 64}), path,
+                                       {"name": "rootsift", "conf": {}})
 
 
 @pytest.fixture(scope="module")
@@ -350,7 +351,7 @@ def plain_weights_file(tmp_path_factory):
 
 class TestExtractor:
     def test_data_contract(self, photo, weights_file):
-        ext = build_extractor("residual-sift-v2", {"weights": str(weights_file), "max_keypoints": 150})
+        ext = build_extractor("residual-sift", {"weights": str(weights_file), "max_keypoints": 150})
         flat = np.full_like(photo, 128)  # few or no keypoints: padded in the batch
         image = torch.cat([image_to_tensor(photo), image_to_tensor(flat)])
         pred = ext({"image": image})
@@ -367,27 +368,26 @@ class TestExtractor:
         # grey input is accepted
         assert ext({"image": image[:1].mean(1, keepdim=True)})["descriptors"].shape[-1] == 256
 
-    def test_missing_default_weights_say_how_to_train(self):
-        from featlab.extractors.patch_residual import WEIGHTS_DIR
+    def test_missing_default_weights_say_how_to_train(self, tmp_path, monkeypatch):
+        import featlab.extractors.patch_residual as module
 
-        if (WEIGHTS_DIR / "residual-sift-v2.safetensors").is_file():
-            pytest.skip("residual-sift-v2 weights are shipped")
-        with pytest.raises(InputError, match="train them with `featlab train residual-v2"):
-            build_extractor("residual-sift-v2")
+        monkeypatch.setattr(module, "WEIGHTS_DIR", tmp_path)  # a checkout without the shipped file
+        with pytest.raises(InputError, match="train them with `bash scripts/reproduce_models.sh residual-sift`"):
+            build_extractor("residual-sift")
 
     def test_weights_roundtrip_and_errors(self, weights_file, tmp_path):
         net, meta = load_patch_residual_weights(weights_file)
         assert meta["handcrafted"]["name"] == "rootsift" and meta["fusion"] == [1.0, 0.0]
         assert net.fusion.tolist() == [1.0, 0.0]
         with pytest.raises(InputError, match="not found"):
-            build_extractor("residual-sift-v2", {"weights": str(tmp_path / "missing.safetensors")})
+            build_extractor("residual-sift", {"weights": str(tmp_path / "missing.safetensors")})
         with pytest.raises(ConfigError, match="trained with handcrafted='rootsift'"):
-            build_extractor("residual-sift-v2", {"weights": str(weights_file), "handcrafted": "sift"})
+            build_extractor("residual-sift", {"weights": str(weights_file), "handcrafted": "sift"})
         bad = tmp_path / "bad.safetensors"
         bad.write_bytes(b"junk")
         bad.with_suffix(".json").write_text(json.dumps({"format": "featlab-residual/1", "model": {}}))
         with pytest.raises(InputError, match="not a featlab sidecar"):
-            build_extractor("residual-sift-v2", {"weights": str(bad)})
+            build_extractor("residual-sift", {"weights": str(bad)})
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -422,21 +422,22 @@ def test_training_runs_checkpoints_resumes_and_exports(photos, tmp_path, monkeyp
     records = read_metrics(run / "metrics.jsonl")
     assert [r["step"] for r in records if r["kind"] == "val"] == [0, 2]
     val = records[0]
-    assert {"val/mma@3", "val/g_mma@3", "val/h_mma@3", "val/fusion_b", "val/mma@3/moderate"} <= set(val)
-    # the fitted fusion is at least as good as g alone on the selection pairs (b = 0 is on the grid)
-    assert all(r["val/mma@3"] >= r["val/g_mma@3"] for r in records if r["kind"] == "val")
-    assert all(np.isfinite(r["loss"]) for r in records if r["kind"] == "train")
+    assert {"val/mma@3", "val/g_mma@3", "val/sel_mma@3", "val/h_mma@3", "val/fusion_b", "val/mma@3/moderate",
+            "val/g_correct@3", "val/sel_correct@3"} <= set(val)
+    # the fitted fusion is at least as good as g's descriptor alone at the selected keypoints (b = 0 is on the grid)
+    assert all(r["val/mma@3"] >= r["val/sel_mma@3"] for r in records if r["kind"] == "val")
+    assert all(np.isfinite(r["loss"]) and np.isfinite(r["selector_bce"]) for r in records if r["kind"] == "train")
     side = json.loads((run / "best.json").read_text())
     assert side["handcrafted"]["name"] == "rootsift" and len(side["fusion"]) == 2
     capsys.readouterr()
     # resume: continues from step 2
     assert main(["train", "residual-v2", "-o", str(run), "--resume", "train.max_steps=3", "--export",
-                 "residual-sift-v2"]) == 0
+                 "residual-sift"]) == 0
     assert max(r["step"] for r in read_metrics(run / "metrics.jsonl")) == 3
     assert json.loads(capsys.readouterr().out.splitlines()[0])["step"] == 3
-    exported = tmp_path / "weights" / "residual-sift-v2.safetensors"
+    exported = tmp_path / "weights" / "residual-sift.safetensors"
     assert exported.is_file()
-    ext = build_extractor("residual-sift-v2", {"weights": str(exported), "max_keypoints": 40})
+    ext = build_extractor("residual-sift", {"weights": str(exported), "max_keypoints": 40})
     assert ext({"image": torch.rand(1, 3, 64, 80)})["descriptors"].shape[-1] == 256
 
 
@@ -480,7 +481,7 @@ class TestSelector:
         (by response) keeps others: the extractor's keypoints are the selector's."""
         from featlab.nn.selector import NUM_GEOMETRY_FEATURES
 
-        ext = build_extractor("residual-sift-v2", {"weights": str(weights_file), "max_keypoints": 40})
+        ext = build_extractor("residual-sift", {"weights": str(weights_file), "max_keypoints": 40})
         sel = ext.net.selector
         with torch.no_grad():  # identity normalisation; logit = 100 * border feature
             sel.norm.running_mean.zero_()

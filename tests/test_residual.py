@@ -293,7 +293,7 @@ class TestExtractor:
     def test_extract(self, weights_file, photo):
         from featlab.extractors import extract_image
 
-        ext = build_extractor("residual-sift", {"weights": str(weights_file), "max_keypoints": 100})
+        ext = build_extractor("residual-sift-v1", {"weights": str(weights_file), "max_keypoints": 100})
         sift = build_extractor("sift", {"max_keypoints": 100})
         out, ref = extract_image(ext, photo, resize=None), extract_image(sift, photo, resize=None)
         assert out["descriptors"].shape == (len(ref["keypoints"]), 256) and out["descriptors"].dtype == np.float32
@@ -302,7 +302,7 @@ class TestExtractor:
         assert not any(p.requires_grad for p in ext.parameters())
 
     def test_gray_input_and_bf16(self, weights_file, photo):
-        ext = build_extractor("residual-sift", {"weights": str(weights_file), "max_keypoints": 50,
+        ext = build_extractor("residual-sift-v1", {"weights": str(weights_file), "max_keypoints": 50,
                                                 "dtype": "bfloat16", "channels_last": True})
         gray = torch.from_numpy(photo.mean(2, dtype=np.float32) / 255.0)[None, None]
         pred = ext({"image": gray})
@@ -313,7 +313,7 @@ class TestExtractor:
             build_extractor("residual-sift-small", {"weights": "no-such-residual-weights"})
         assert "model.backbone=small" in train_hint("residual-sift-small")
         with pytest.raises(InputError, match="not found"):
-            build_extractor("residual-sift", {"weights": "/nonexistent/x.safetensors"})
+            build_extractor("residual-sift-v1", {"weights": "/nonexistent/x.safetensors"})
 
     def test_mismatched_handcrafted_and_corrupt_sidecar(self, weights_file, tmp_path):
         with pytest.raises(ConfigError, match="rootsift"):
@@ -322,11 +322,11 @@ class TestExtractor:
         bad.write_bytes(b"not a safetensors file")
         bad.with_suffix(".json").write_text(json.dumps({"format": "featlab-residual/1", "model": {}}))
         with pytest.raises(InputError, match="cannot read"):
-            build_extractor("residual-sift", {"weights": str(bad)})
+            build_extractor("residual-sift-v1", {"weights": str(bad)})
 
     def test_onnx_backend_matches_torch(self, weights_file, photo, tmp_path):
-        torch_ext = build_extractor("residual-sift", {"weights": str(weights_file), "max_keypoints": 80})
-        onnx_ext = build_extractor("residual-sift", {"weights": str(weights_file), "max_keypoints": 80,
+        torch_ext = build_extractor("residual-sift-v1", {"weights": str(weights_file), "max_keypoints": 80})
+        onnx_ext = build_extractor("residual-sift-v1", {"weights": str(weights_file), "max_keypoints": 80,
                                                      "backend": "onnx"})
         image = torch.from_numpy(photo[:150, :130]).permute(2, 0, 1)[None].float() / 255  # not multiples of 8
         a, b = torch_ext({"image": image}), onnx_ext({"image": image})
@@ -389,7 +389,7 @@ class TestPartNormAndInit:
             init_h_from(ResidualDescriptorNet(), path, [tmp_path / "p.png"], (64, 80))
 
 
-@pytest.mark.parametrize("name", ["residual-sift", "residual-sift-joint", "residual-rootsift-upright", "residual-surf",
+@pytest.mark.parametrize("name", ["residual-sift", "residual-sift-v1", "residual-sift-joint", "residual-rootsift-upright", "residual-surf",
                                   "residual-sift-nofusion", "residual-sift-small"])
 def test_shipped_weights_load_and_describe(name, photo):
     from featlab.extractors import extract_image
@@ -400,7 +400,7 @@ def test_shipped_weights_load_and_describe(name, photo):
     np.testing.assert_allclose(np.linalg.norm(out["descriptors"], axis=1), 1.0, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["residual-sift", "caps-sift"])
+@pytest.mark.parametrize("name", ["residual-sift", "residual-sift-v1", "caps-sift"])
 def test_channels_last_default_gives_the_contiguous_descriptors(name, photo):
     from featlab.extractors import extract_image
 

@@ -255,9 +255,9 @@ class TestResidualTask:
         run = tmp_path / "run"
         args = ["train", "residual", "--photos", str(photos), "--val-photos", str(photos), "-o", str(run), *TINY,
                 "train.max_steps=3", "train.val_every=2"]
-        assert main(args + ["--export", "residual-sift"]) == 0
-        assert (tmp_path / "weights" / "residual-sift.safetensors").is_file()
-        assert (tmp_path / "weights" / "residual-sift.json").is_file()
+        assert main(args + ["--export", "residual-sift-v1"]) == 0
+        assert (tmp_path / "weights" / "residual-sift-v1.safetensors").is_file()
+        assert (tmp_path / "weights" / "residual-sift-v1.json").is_file()
         for name in ("config.yaml", "metrics.jsonl", "best.safetensors", "best.json", "final.safetensors"):
             assert (run / name).is_file(), name
         records = read_metrics(run / "metrics.jsonl")
@@ -267,7 +267,7 @@ class TestResidualTask:
         side = json.loads((run / "best.json").read_text())
         assert side["handcrafted"]["name"] == "sift" and side["model"]["fusion"] == "concat"
         # the trained weights run as an extractor
-        ext = build_extractor("residual-sift", {"weights": str(run / "best.safetensors"), "max_keypoints": 30})
+        ext = build_extractor("residual-sift-v1", {"weights": str(run / "best.safetensors"), "max_keypoints": 30})
         pred = ext({"image": torch.rand(1, 3, 64, 80)})
         assert pred["descriptors"].shape[-1] == 256
         # resume from the saved config with a longer schedule: config.yaml is kept, the change is recorded beside it

@@ -55,7 +55,7 @@ from .base import Extractor, build_extractor, register_extractor, stack_padded
 from .residual import build_trained_g
 
 FORMAT = "featlab-patch-residual/1"
-TRAIN_HINT = "featlab train residual-v2 -o runs/residual-sift-v2 --export residual-sift-v2"
+TRAIN_HINT = "bash scripts/reproduce_models.sh residual-sift"
 WEIGHTS_DIR = SHIPPED_WEIGHTS_DIR
 
 #: OpenCV SIFT's descriptor support in keypoint sizes: (4 cells + 1 interpolation cell) * 3 * size / 2
@@ -177,8 +177,9 @@ class PatchResidualNet(nn.Module):
         "channels": [16, 32, 64, 128],  # PatchNet stage widths
         "h_dim": 128,  # h's descriptor dimension
         "g_dim": 128,  # g's descriptor dimension (RootSIFT: 128)
-        # learned keypoint selection among all of g's detections (featlab.nn.selector); 0: none (g's own top-k)
-        "selector_hidden": 64,
+        # learned keypoint selection among all of g's detections (featlab.nn.selector): its hidden width; 0: none
+        # (g's own top-k). configs/residual-v2.yaml: 64
+        "selector_hidden": 0,
     }
 
     def __init__(self, conf=None):
@@ -237,9 +238,9 @@ def load_patch_residual_weights(path: str | Path) -> tuple[PatchResidualNet, dic
 
 
 # ------------------------------------------------------------------------------------------------- extractor
-@register_extractor("residual-sift-v2", preset={"weights": "residual-sift-v2"},
+@register_extractor("residual-sift", preset={"weights": "residual-sift"},
                     summary="rootsift keypoints; RootSIFT + learned oriented-patch descriptor (fitted fusion), "
-                            "256-d (weights featlab/weights/residual-sift-v2.safetensors)")
+                            "256-d (weights featlab/weights/residual-sift.safetensors)")
 class PatchResidualDescriptor(Extractor):
     """g's keypoints; descriptor = normalise([a g, b h(oriented patch)]) (module docstring)."""
 
@@ -254,7 +255,7 @@ class PatchResidualDescriptor(Extractor):
 
     def _init(self, conf):
         if not conf.weights:
-            raise ConfigError("residual-sift-v2 needs a 'weights' file (e.g. weights=run/best.safetensors)")
+            raise ConfigError("residual-sift needs a 'weights' file (e.g. weights=run/best.safetensors)")
         path = resolve_weights_path(conf.weights, WEIGHTS_DIR)
         if not path.is_file():
             raise InputError(f"patch-residual weights not found: {path}"

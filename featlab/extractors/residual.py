@@ -249,9 +249,10 @@ class OnnxResidualRunner:
 # ------------------------------------------------------------------------------------------------- extractor
 #: registered variants: name -> (handcrafted extractor g, model config keys that its weights must have)
 VARIANTS = {
-    "residual-sift": ("sift", {}),
+    # the first shipped residual-sift (issue 9 replaced it: featlab.extractors.patch_residual)
+    "residual-sift-v1": ("sift", {}),
     # the published recipe as trained here (f and h jointly, plain concat): see docs/MODELS.md for why
-    # residual-sift is not this one
+    # residual-sift-v1 is not this one
     "residual-sift-joint": ("sift", {}),
     "residual-rootsift": ("rootsift", {}),
     "residual-rootsift-upright": ("rootsift-upright", {}),

@@ -508,9 +508,9 @@ def build_task(conf) -> PatchResidualTask:
 
 
 def check_export(conf, name: str) -> None:
-    check_export_name(name, "residual-sift-v2")
-    if name == "residual-sift-v2" and conf.handcrafted.name != "rootsift":
-        raise ConfigError(f"residual-sift-v2 uses handcrafted='rootsift', this run uses {conf.handcrafted.name!r}")
+    check_export_name(name, "residual-sift")
+    if name == "residual-sift" and conf.handcrafted.name != "rootsift":
+        raise ConfigError(f"residual-sift uses handcrafted='rootsift', this run uses {conf.handcrafted.name!r}")
 
 
 def export_weights(run_dir: str | Path, name: str, which: str = "best") -> Path:
@@ -521,9 +521,9 @@ def export_weights(run_dir: str | Path, name: str, which: str = "best") -> Path:
     """
     src = Path(run_dir) / f"{which}.safetensors"
     _, meta = load_patch_residual_weights(src)  # validates the pair of files
-    check_export_name(name, "residual-sift-v2")
-    if name == "residual-sift-v2" and meta["handcrafted"]["name"] != "rootsift":
-        raise ConfigError(f"residual-sift-v2 uses handcrafted='rootsift', the weights use "
+    check_export_name(name, "residual-sift")
+    if name == "residual-sift" and meta["handcrafted"]["name"] != "rootsift":
+        raise ConfigError(f"residual-sift uses handcrafted='rootsift', the weights use "
                           f"{meta['handcrafted']['name']!r}")
     return copy_weights(src, WEIGHTS_DIR / f"{name}.safetensors")
 

@@ -442,7 +442,10 @@ def build_task(conf) -> ResidualTask:
 
 
 def _check_export_name(name: str, g_name: str, model_conf: dict) -> None:
-    check_export_name(name, "residual-sift")
+    check_export_name(name, "residual-sift-v1")
+    if name == "residual-sift":  # the name of the v2 model (another weights format)
+        raise ConfigError("cannot export as residual-sift: that is the v2 model (featlab train residual-v2); "
+                          "export these weights as residual-sift-v1 or under another name")
     why = variant_mismatch(name, g_name, model_conf)
     if why:
         raise ConfigError(f"cannot export as {name}: {why}; export it under another name")
