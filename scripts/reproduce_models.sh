@@ -32,3 +32,11 @@ if [ "${SCFEAT:-0}" = 1 ]; then
     $FL train scfeat "${SC[@]}" -o "$RUNS/scfeat-det" stage=detector init="$RUNS/scfeat-desc/best.safetensors" \
         train.lr=1e-3 train.max_steps=1000 "${EXTRA[@]}" --export scfeat
 fi
+# pose-sift (not shipped yet, docs/MODELS.md; docs/POSE_TRAINING.md): opt in with POSESIFT=1. RootSIFT +
+# oriented-patch residual trained from camera poses only; configs/pose.yaml: 7-Scenes frames 0-349 (select 360-399)
+# and castle-P30's train/select views (its held-out views 0024-0028 are never read). One thread: about 1 s of CPU per
+# step, and each validation about 3 CPU-minutes, so 4000 steps with 40 validations fit about 2 CPU-hours
+# (train.max_minutes bounds the wall-clock time of one invocation; --resume continues).
+if [ "${POSESIFT:-0}" = 1 ]; then
+    $FL train pose -o "$RUNS/pose-sift" "${EXTRA[@]}" --export pose-sift
+fi
