@@ -34,9 +34,9 @@ if [ "${SCFEAT:-0}" = 1 ]; then
 fi
 # pose-sift (not shipped yet, docs/MODELS.md; docs/POSE_TRAINING.md): opt in with POSESIFT=1. RootSIFT +
 # oriented-patch residual trained from camera poses only; configs/pose.yaml: 7-Scenes frames 0-349 (select 360-399)
-# and castle-P30's train/select views (its held-out views 0024-0028 are never read). One thread: about 1 s of CPU per
-# step, and each validation about 3 CPU-minutes, so 4000 steps with 40 validations fit about 2 CPU-hours
-# (train.max_minutes bounds the wall-clock time of one invocation; --resume continues).
+# and castle-P30's train/select views (its held-out views 0024-0028 are never read). Cost per step and per
+# validation not measured on an idle machine (the one run so far shared 2 cores at a load of 12-24);
+# train.max_minutes bounds one invocation, --resume continues.
 if [ "${POSESIFT:-0}" = 1 ]; then
     $FL train pose -o "$RUNS/pose-sift" "${EXTRA[@]}" --export pose-sift
 fi
