@@ -79,7 +79,7 @@ def select_shard(spec: str | None, record: dict, items: Sequence, *others: Seque
         raise ValueError("lists parallel to the work list must have its length")
     start, stop = shard_bounds(total, index, count)
     record["shard"] = {"index": index, "count": count, "total": total, "digest": list_digest(items)}
-    logger.info("shard %d/%d: items %d-%d of %d", index, count, start, stop - 1, total)
+    logger.info("shard %d/%d: %d of %d items (from number %d)", index, count, stop - start, total, start)
     return (list(items[start:stop]), *(list(o[start:stop]) for o in others))
 
 

@@ -247,7 +247,7 @@ def train(task: TrainingTask, conf, run_dir: str | Path, resume: bool = False, f
         summary dict: ``step``, ``best_metric``, ``best_value``, ``best_step``, ``time`` (s), ``last_val``.
     """
     conf = resolve_conf(default_conf, conf, "train")
-    dist = distributed.context()
+    dist = distributed.setup(str(conf.device))  # under torchrun: joins the process group (if the CLI has not)
     main = dist.is_main  # rank 0 validates, logs and writes; every rank trains
     device, dtype = resolve_device_dtype(distributed.local_device(str(conf.device)), str(conf.dtype))
     channels_last = dtype == "bfloat16" if conf.channels_last in (None, "auto") else bool(conf.channels_last)
