@@ -1,42 +1,70 @@
 #!/bin/bash
-# Retrain every model shipped in featlab/weights/ with the recipes of docs/MODELS.md and export them there.
-# usage: bash scripts/reproduce_models.sh [DATA_DIR] [RUNS_DIR] [extra key=value overrides, e.g. train.device=cuda]
-# DATA_DIR defaults to ../shared/data (photos/{bsds500,sun_hays80}, rgbd/7scenes_redkitchen). The runs are
-# sequential; on a 2-core CPU expect days (about 4 s per residual step, 6.6 s per CAPS step), on a GPU about an hour.
-# Data follow the split rule (docs/DATASETS.md), through the default configs: residual models train on
-# bsds500/train + sun_hays80 and are selected on bsds500/val; CAPS trains on 7-Scenes frames 0-349 and is selected
-# on frames 360-399. bsds500/test and frames 400-499 are never read here: they are for reporting only.
+# Retrain shipped models with the recipes of docs/MODELS.md and export them to featlab/weights/.
+# usage: bash scripts/reproduce_models.sh [MODEL ...] [-- key=value ...]
+#   MODEL: residual-sift residual-sift-v1 residual-sift-joint residual-sift-nofusion residual-sift-small
+#          residual-rootsift-upright residual-surf caps-resnet18 pose-sift scfeat (default: every shipped model;
+#          pose-sift and scfeat are not shipped yet and run only when named)
+#   key=value after `--`: overrides for every run (e.g. train.device=cuda, or train.max_steps=2 for a smoke test)
+# environment: FEATLAB_DATA data root (default ../shared/data: photos/{bsds500,sun_hays80}, rgbd/7scenes_redkitchen,
+#   posed/strecha/castle-P30); RUNS run folder (default runs/reproduce); EXPORT=0 trains without copying the weights
+#   into featlab/weights/ (for smoke tests and comparisons); FEATLAB the featlab command.
+# Data follow the split rule (docs/DATASETS.md) through the default configs: photo models train on bsds500/train +
+# sun_hays80 (+ castle-P30 for residual-sift) and are selected on bsds500/val; 7-Scenes models train on frames
+# 0-349 and are selected on 360-399. bsds500/test, frames 400-499 and Herz-Jesus-P25 are never read here.
+# Costs on the 2-core CPU: residual-sift about 30 CPU-minutes (300 steps); the v1-family residual runs about 4 s
+# per step (2500 steps each), CAPS 6.6 s per step. Runs are sequential.
 set -euo pipefail
-DATA=${1:-../shared/data}; RUNS=${2:-runs/reproduce}; shift $(( $# < 2 ? $# : 2 ))
+MODELS=(); EXTRA=()
+while [ $# -gt 0 ]; do
+    if [ "$1" = "--" ]; then shift; EXTRA=("$@"); break; fi
+    MODELS+=("$1"); shift
+done
+SHIPPED=(residual-sift-nofusion residual-sift-v1 residual-sift-joint residual-sift-small residual-rootsift-upright
+         residual-surf caps-resnet18 residual-sift)
+[ ${#MODELS[@]} -gt 0 ] || MODELS=("${SHIPPED[@]}")
+export FEATLAB_DATA=${FEATLAB_DATA:-../shared/data}  # the data root that the configs' folders live in
+DATA=$FEATLAB_DATA
+RUNS=${RUNS:-runs/reproduce}
 FL=${FEATLAB:-featlab}
-export FEATLAB_DATA=$DATA  # the data root that configs/residual.yaml's photo folders live in
-COMMON=(model.batchnorm=true data.num_workers=2 train.val_every=250 train.checkpoint_every=250)
-EXTRA=("$@")  # last, so that they override the recipes' values (e.g. train.max_steps=2 for a smoke test)
-res() { local name=$1; shift; $FL train residual "${COMMON[@]}" -o "$RUNS/$name" "$@" "${EXTRA[@]}" --export "$name"; }
-res residual-sift-joint train.max_steps=2500
-res residual-sift-nofusion model.fusion=none train.max_steps=2500
-res residual-sift-small model.backbone=small train.max_steps=2691
-res residual-rootsift-upright handcrafted.name=rootsift-upright train.max_steps=2750
-res residual-surf handcrafted.name=surf train.max_steps=1700
-# residual-sift: f = identity (SIFT itself), h from the without-fusion run, each part L2-normalised; no optimiser step
-res residual-sift model.part_norm=true init.f=identity init.h_from="$RUNS/residual-sift-nofusion/best.safetensors" \
-    train.max_steps=0 train.best_metric=mma@3
-$FL train caps --data "$DATA/rgbd/7scenes_redkitchen" -o "$RUNS/caps-resnet18" data.batch_size=6 data.num_workers=3 \
-    train.lr=1e-3 train.lr_decay_every=2500 train.val_every=250 train.checkpoint_every=250 val.num_pairs=30 \
-    train.max_steps=500 "${EXTRA[@]}" --export caps-resnet18
-# scfeat (not shipped yet, docs/MODELS.md): opt in with SCFEAT=1. Two stages, each resumable; posed pairs of
-# 7-Scenes frames 0-349 and Strecha castle-P30, selected on 7-Scenes frames 360-399.
-if [ "${SCFEAT:-0}" = 1 ]; then
-    SC=(--data "$DATA/rgbd/7scenes_redkitchen" --colmap "$DATA/posed/strecha/castle-P30")
-    $FL train scfeat "${SC[@]}" -o "$RUNS/scfeat-desc" train.max_steps=100000 "${EXTRA[@]}"
-    $FL train scfeat "${SC[@]}" -o "$RUNS/scfeat-det" stage=detector init="$RUNS/scfeat-desc/best.safetensors" \
-        train.lr=1e-3 train.max_steps=1000 "${EXTRA[@]}" --export scfeat
-fi
-# pose-sift (not shipped yet, docs/MODELS.md; docs/POSE_TRAINING.md): opt in with POSESIFT=1. RootSIFT +
-# oriented-patch residual trained from camera poses only; configs/pose.yaml: 7-Scenes frames 0-349 (select 360-399)
-# and castle-P30's train/select views (its held-out views 0024-0028 are never read). Cost per step and per
-# validation not measured on an idle machine (the one run so far shared 2 cores at a load of 12-24);
-# train.max_minutes bounds one invocation, --resume continues.
-if [ "${POSESIFT:-0}" = 1 ]; then
-    $FL train pose -o "$RUNS/pose-sift" "${EXTRA[@]}" --export pose-sift
-fi
+
+# one run: train into $RUNS/NAME, then export as NAME unless EXPORT=0. An interrupted run continues with
+# `featlab train TASK -o $RUNS/NAME --resume [--export NAME]` (the command is printed before it starts)
+run() {
+    local name=$1; shift
+    local export=(--export "$name"); [ "${EXPORT:-1}" = 0 ] && export=()
+    echo "+ $FL $* -o $RUNS/$name ${EXTRA[*]} ${export[*]}" >&2
+    $FL "$@" -o "$RUNS/$name" "${EXTRA[@]}" "${export[@]}"
+}
+V1=(train residual model.batchnorm=true data.num_workers=2 train.val_every=250 train.checkpoint_every=250)
+
+for m in "${MODELS[@]}"; do
+    case $m in
+        # RootSIFT + oriented-patch h + learned keypoint selector (configs/residual-v2.yaml), 300 steps
+        residual-sift) run residual-sift train residual-v2 train.max_steps=300 train.val_every=150 \
+                           train.checkpoint_every=150 ;;
+        residual-sift-joint) run "$m" "${V1[@]}" train.max_steps=2500 ;;
+        residual-sift-nofusion) run "$m" "${V1[@]}" model.fusion=none train.max_steps=2500 ;;
+        residual-sift-small) run "$m" "${V1[@]}" model.backbone=small train.max_steps=2691 ;;
+        residual-rootsift-upright) run "$m" "${V1[@]}" handcrafted.name=rootsift-upright train.max_steps=2750 ;;
+        residual-surf) run "$m" "${V1[@]}" handcrafted.name=surf train.max_steps=1700 ;;
+        # the first residual-sift: f = identity (SIFT itself), h from the without-fusion run, each part L2-normalised;
+        # no optimiser step (needs residual-sift-nofusion first)
+        residual-sift-v1) run "$m" "${V1[@]}" model.part_norm=true init.f=identity \
+                              init.h_from="$RUNS/residual-sift-nofusion/best.safetensors" train.max_steps=0 \
+                              train.best_metric=mma@3 ;;
+        caps-resnet18) run "$m" train caps --data "$DATA/rgbd/7scenes_redkitchen" data.batch_size=6 \
+                           data.num_workers=3 train.lr=1e-3 train.lr_decay_every=2500 train.val_every=250 \
+                           train.checkpoint_every=250 val.num_pairs=30 train.max_steps=500 ;;
+        # RootSIFT + oriented-patch residual trained from camera poses only (configs/pose.yaml: 7-Scenes frames
+        # 0-349, select 360-399, and castle-P30's train/select views); not shipped yet (docs/MODELS.md)
+        pose-sift) run pose-sift train pose ;;
+        # two stages, each resumable; posed pairs of 7-Scenes frames 0-349 and castle-P30, selected on 360-399;
+        # not shipped yet (docs/MODELS.md)
+        scfeat)
+            SC=(--data "$DATA/rgbd/7scenes_redkitchen" --colmap "$DATA/posed/strecha/castle-P30")
+            EXPORT=0 run scfeat-desc train scfeat "${SC[@]}" train.max_steps=100000
+            run scfeat train scfeat "${SC[@]}" stage=detector init="$RUNS/scfeat-desc/best.safetensors" \
+                train.lr=1e-3 train.max_steps=1000 ;;
+        *) echo "reproduce_models.sh: unknown model '$m' (known: ${SHIPPED[*]} pose-sift scfeat)" >&2; exit 2 ;;
+    esac
+done
