@@ -352,6 +352,8 @@ def plain_weights_file(tmp_path_factory):
 class TestExtractor:
     def test_data_contract(self, photo, weights_file):
         ext = build_extractor("residual-sift", {"weights": str(weights_file), "max_keypoints": 150})
+        assert ext.descriptor_dim == 128  # unfitted (b = 0): g's descriptor, h not computed
+        ext.net.set_fusion(0.6, 0.8)
         flat = np.full_like(photo, 128)  # few or no keypoints: padded in the batch
         image = torch.cat([image_to_tensor(photo), image_to_tensor(flat)])
         pred = ext({"image": image})
@@ -438,7 +440,7 @@ def test_training_runs_checkpoints_resumes_and_exports(photos, tmp_path, monkeyp
     exported = tmp_path / "weights" / "residual-sift.safetensors"
     assert exported.is_file()
     ext = build_extractor("residual-sift", {"weights": str(exported), "max_keypoints": 40})
-    assert ext({"image": torch.rand(1, 3, 64, 80)})["descriptors"].shape[-1] == 256
+    assert ext({"image": torch.rand(1, 3, 64, 80)})["descriptors"].shape[-1] == (256 if side["fusion"][1] > 0 else 128)
 
 
 def test_distractors_are_non_positives_g_confusions_first():

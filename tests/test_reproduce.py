@@ -57,7 +57,8 @@ def test_residual_sift_recipe_runs_end_to_end(data_root, tmp_path):
     from featlab.extractors import extract_image
 
     out = extract_image(ext, image, resize=None)
-    assert 10 < len(out["keypoints"]) <= 50 and out["descriptors"].shape[1] == 256
+    assert 10 < len(out["keypoints"]) <= 50 and out["descriptors"].shape[1] == ext.descriptor_dim
+    assert ext.descriptor_dim == (256 if float(ext.net.fusion[1]) > 0 else 128)
 
 
 def test_unknown_model_is_one_line_and_exit_2(data_root, tmp_path):

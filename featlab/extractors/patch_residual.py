@@ -30,6 +30,11 @@ matches on the selection split (:mod:`featlab.training.patch_residual`). Both pa
 squared distance of two fused descriptors is ``(a^2 d_g^2 + b^2 d_h^2) / (a^2 + b^2)``: ``b = 0`` matches exactly
 as g does, and the fit can always fall back to it.
 
+**Keypoint selection** (weights with ``model.selector_hidden`` > 0, as shipped): g returns all its detections
+(``candidates``), :class:`featlab.nn.selector.KeypointSelector` ranks them by learned matchability plus log response
+and the best ``max_keypoints`` are kept (:func:`select_keypoints`). When the fitted fusion gives h no weight
+(b = 0) the descriptor is g's own (g_dim), exactly, and h is not computed.
+
 Weights: ``.safetensors`` + JSON sidecar (format ``featlab-patch-residual/1``: the model config, patch geometry
 included, and the handcrafted g it was trained with), loaded by name from ``featlab/weights/`` or by path.
 """
@@ -239,8 +244,9 @@ def load_patch_residual_weights(path: str | Path) -> tuple[PatchResidualNet, dic
 
 # ------------------------------------------------------------------------------------------------- extractor
 @register_extractor("residual-sift", preset={"weights": "residual-sift"},
-                    summary="rootsift keypoints; RootSIFT + learned oriented-patch descriptor (fitted fusion), "
-                            "256-d (weights featlab/weights/residual-sift.safetensors)")
+                    summary="SIFT detections re-ranked by a learned selector; RootSIFT + learned oriented-patch "
+                            "descriptor (fitted fusion; the shipped fit gives h weight 0: 128-d RootSIFT) "
+                            "(weights featlab/weights/residual-sift.safetensors)")
 class PatchResidualDescriptor(Extractor):
     """g's keypoints; descriptor = normalise([a g, b h(oriented patch)]) (module docstring)."""
 
@@ -274,8 +280,14 @@ class PatchResidualDescriptor(Extractor):
         self.meta = meta
 
     @property
+    def uses_h(self) -> bool:
+        """False when the fitted fusion gives h no weight (b = 0): the descriptor is then g's, exactly, and h is not
+        computed (the fused vector would be [g, 0]: the same distances, twice the size, h's time for nothing)."""
+        return float(self.net.fusion[1]) > 0
+
+    @property
     def descriptor_dim(self) -> int:
-        return self.net.out_dim
+        return self.net.out_dim if self.uses_h else int(self.net.conf.g_dim)
 
     @torch.no_grad()
     def _forward(self, data):
@@ -295,7 +307,9 @@ class PatchResidualDescriptor(Extractor):
                 item = select_keypoints(self.net.selector, item, (image.shape[-1], image.shape[-2]),
                                         int(self.conf.max_keypoints))
             desc = item["descriptors"].new_zeros((len(item["keypoints"]), self.descriptor_dim), dtype=torch.float32)
-            if len(desc):
+            if not self.uses_h:
+                desc = item["descriptors"].float()
+            elif len(desc):
                 patches = self.net.patches(gray[i:i + 1], item["keypoints"], item["scales"], item["oris"])
                 with torch.autocast(device_type=image.device.type, dtype=torch.bfloat16, enabled=use_bf16):
                     h_desc = self.net.h(patches)
