@@ -371,7 +371,7 @@ class PoseTask(loop.TrainingTask):
 
     # ---------------------------------------------------------------------------------------------- init
     def _load_init(self, name) -> dict:
-        """Load ``--init`` weights (patch-residual format: pose-sift, residual-sift-v2) into the model, exactly."""
+        """Load ``--init`` weights (patch-residual format: pose-sift, residual-sift) into the model, exactly."""
         path = resolve_weights_path(name, WEIGHTS_DIR)
         net, meta = load_patch_residual_weights(path)
         g = (meta.get("handcrafted") or {}).get("name")
