@@ -296,6 +296,17 @@ def test_weights_round_trip_and_bad_files(tmp_path):
         load_depthkp_weights(tmp_path / "missing.safetensors")
 
 
+def test_shipped_weights_load_and_run():
+    ext = build_extractor("depthkp")
+    assert ext.meta["format"] == "featlab-depthkp/1" and "training" in ext.meta
+    depth = torch.full((1, 1, 64, 80), 2.0)
+    depth[..., 20:40, 30:50] = 1.5  # a box in front of a wall
+    with torch.no_grad():
+        pred = ext({"depth": depth, "intrinsics": _K(64, 80)[None]})
+    assert pred["keypoints"].shape[1] > 0
+    assert torch.allclose(pred["descriptors"].norm(dim=-1), torch.ones(1, pred["keypoints"].shape[1]), atol=1e-5)
+
+
 # ------------------------------------------------------------------------------------------------- training
 def test_train_command_runs_end_to_end_on_synthetic_rooms(tmp_path):
     """`featlab train depthkp` on a tiny rendered (synthetic) room, two steps, then --resume to three."""
