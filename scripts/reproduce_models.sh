@@ -68,3 +68,7 @@ for m in "${MODELS[@]}"; do
         *) echo "reproduce_models.sh: unknown model '$m' (known: ${SHIPPED[*]} pose-sift scfeat)" >&2; exit 2 ;;
     esac
 done
+# depthkp (docs/MODELS.md): keypoints + descriptors learned on depth maps from poses only; 7-Scenes depth frames
+# 0-349 + two rendered synthetic rooms, selected on frames 360-399 (configs/depthkp.yaml: 1500 steps, best at 1250).
+# One thread, CPU only: about 0.7-1.2 CPU-seconds per step, well under 2 CPU-hours in all.
+$FL train depthkp --data "$DATA/rgbd/7scenes_redkitchen" -o "$RUNS/depthkp" "${EXTRA[@]}" --export depthkp
