@@ -160,7 +160,8 @@ def reconstruct(images, out, model: str = DEFAULT_MODEL, pairs: str = "exhaustiv
         rec.write_binary(str(sparse))
     stats = model_statistics(rec, len(names))
     registered = {rec.image(i).name for i in rec.reg_image_ids()} if rec is not None else set()
-    report = {"title": f"{images} with {'COLMAP SIFT' if colmap else model}", "command": command,
+    label = images.parent.name if images.name == "images" else images.name  # SCENE/images -> SCENE
+    report = {"title": f"{label} with {'COLMAP SIFT' if colmap else model}", "command": command,
               "images_dir": str(images), "statistics": stats, "num_models": len(models), "times_s": times,
               "settings": settings, "unregistered": [n for n in names if n not in registered]}
     if rec is None:
