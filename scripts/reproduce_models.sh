@@ -2,7 +2,7 @@
 # Retrain shipped models with the recipes of docs/MODELS.md and export them to featlab/weights/.
 # usage: bash scripts/reproduce_models.sh [MODEL ...] [-- key=value ...]
 #   MODEL: residual-sift residual-sift-v1 residual-sift-joint residual-sift-nofusion residual-sift-small
-#          residual-rootsift-upright residual-surf caps-resnet18 pose-sift scfeat (default: every shipped model;
+#          residual-rootsift-upright residual-surf caps-resnet18 depthkp pose-sift scfeat (default: every shipped model;
 #          pose-sift and scfeat are not shipped yet and run only when named)
 #   key=value after `--`: overrides for every run (e.g. train.device=cuda, or train.max_steps=2 for a smoke test)
 # environment: FEATLAB_DATA data root (default ../shared/data: photos/{bsds500,sun_hays80}, rgbd/7scenes_redkitchen,
@@ -20,7 +20,7 @@ while [ $# -gt 0 ]; do
     MODELS+=("$1"); shift
 done
 SHIPPED=(residual-sift-nofusion residual-sift-v1 residual-sift-joint residual-sift-small residual-rootsift-upright
-         residual-surf caps-resnet18 residual-sift)
+         residual-surf caps-resnet18 residual-sift depthkp)
 [ ${#MODELS[@]} -gt 0 ] || MODELS=("${SHIPPED[@]}")
 export FEATLAB_DATA=${FEATLAB_DATA:-../shared/data}  # the data root that the configs' folders live in
 DATA=$FEATLAB_DATA
@@ -65,10 +65,10 @@ for m in "${MODELS[@]}"; do
             EXPORT=0 run scfeat-desc train scfeat "${SC[@]}" train.max_steps=100000
             run scfeat train scfeat "${SC[@]}" stage=detector init="$RUNS/scfeat-desc/best.safetensors" \
                 train.lr=1e-3 train.max_steps=1000 ;;
+        # keypoints + descriptors learned on depth maps from poses only (configs/depthkp.yaml: 7-Scenes depth
+        # frames 0-349 + two rendered synthetic rooms, selected on 360-399; 1500 steps, one thread, CPU only,
+        # about 0.7-1.2 CPU-s per step: well under 2 CPU-hours)
+        depthkp) run depthkp train depthkp --data "$DATA/rgbd/7scenes_redkitchen" ;;
         *) echo "reproduce_models.sh: unknown model '$m' (known: ${SHIPPED[*]} pose-sift scfeat)" >&2; exit 2 ;;
     esac
 done
-# depthkp (docs/MODELS.md): keypoints + descriptors learned on depth maps from poses only; 7-Scenes depth frames
-# 0-349 + two rendered synthetic rooms, selected on frames 360-399 (configs/depthkp.yaml: 1500 steps, best at 1250).
-# One thread, CPU only: about 0.7-1.2 CPU-seconds per step, well under 2 CPU-hours in all.
-$FL train depthkp --data "$DATA/rgbd/7scenes_redkitchen" -o "$RUNS/depthkp" "${EXTRA[@]}" --export depthkp
