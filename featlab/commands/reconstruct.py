@@ -6,7 +6,7 @@ mapping (pycolmap). The output folder holds ``features.h5``, ``pairs.txt``, ``ma
 images, 3D points, mean track length, mean reprojection error, time per stage) and ``model.png`` (a top view of
 the model and its cameras). Running the same command again resumes extraction and matching and redoes the rest.
 
-Defaults: model residual-sift (featlab's best shipped model for this, measured on castle-P30:
+Defaults: model rootsift (featlab's best model for this, measured on castle-P30 against residual-sift:
 docs/RECONSTRUCTION.md), full size up to a longest side of 1600 px (larger photos are extracted at 1600), 8192
 keypoints, mutual nearest neighbours with ratio 0.8 (mutual only for DISK, ALIKED, XFeat, CAPS, ORB), one shared
 SIMPLE_RADIAL camera per folder with the focal length from EXIF when present. Images are read with their EXIF
