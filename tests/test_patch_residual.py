@@ -525,4 +525,4 @@ class TestSelector:
             opt.zero_grad()
             loss.backward()
             opt.step()
-        assert float(loss) < 0.5 * float(base) and float(m["selector_accuracy"]) > 0.9
+        assert loss.item() < 0.5 * base.item() and float(m["selector_accuracy"]) > 0.9

@@ -256,6 +256,15 @@ def run_hpatches(args) -> int:
     return 0
 
 
+def _parse_resize(values):
+    """--resize: None, one int (longest side) or H W, each >= 16 -> None, int or [H, W]."""
+    if values is None:
+        return None
+    if len(values) not in (1, 2) or min(values) < 16:
+        raise ConfigError(f"--resize takes one int (longest side) or H W, each >= 16, got {values}")
+    return values[0] if len(values) == 1 else list(values)
+
+
 # ------------------------------------------------------------------------------------------------ relpose
 def run_relpose(args) -> int:
     from ..eval import relpose
@@ -263,11 +272,7 @@ def run_relpose(args) -> int:
     from ..geometry.robust import relative_pose_settings
 
     out = _setup(args)
-    resize = None
-    if args.resize is not None:
-        if len(args.resize) not in (1, 2) or min(args.resize) < 16:
-            raise ConfigError(f"--resize takes one int (longest side) or H W, each >= 16, got {args.resize}")
-        resize = args.resize[0] if len(args.resize) == 1 else list(args.resize)
+    resize = _parse_resize(args.resize)
     if args.max_keypoints <= 0:
         raise ConfigError(f"--max-keypoints must be positive, got {args.max_keypoints}")
     if args.gaps is not None and (not args.gaps or min(args.gaps) < 1):
@@ -478,11 +483,7 @@ def run_register(args) -> int:
     from ..eval.report import args_to_dict, environment, write_json, write_markdown
 
     out = _setup(args)
-    resize = None
-    if args.resize is not None:
-        if len(args.resize) not in (1, 2) or min(args.resize) < 16:
-            raise ConfigError(f"--resize takes one int (longest side) or H W, each >= 16, got {args.resize}")
-        resize = args.resize[0] if len(args.resize) == 1 else list(args.resize)
+    resize = _parse_resize(args.resize)
     for flag, value in (("--max-keypoints", args.max_keypoints), ("--ransac-threshold", args.ransac_threshold),
                         ("--max-iters", args.max_iters)):
         if not value > 0:

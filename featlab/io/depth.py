@@ -178,14 +178,10 @@ def resize_depth(depth: np.ndarray, resize) -> tuple[np.ndarray, tuple[float, fl
         the resized map and the scale (sx, sy) with p_orig = p_resized * scale (intrinsics of the resized map:
         ``diag(1/sx, 1/sy, 1) @ K``).
     """
+    from .image import resized_shape
+
     h, w = depth.shape[:2]
-    if resize is None:
-        return depth, (1.0, 1.0)
-    if isinstance(resize, (int, float)):
-        s = float(resize) / max(h, w)
-        new_w, new_h = max(1, int(round(w * s))), max(1, int(round(h * s)))
-    else:
-        new_h, new_w = int(resize[0]), int(resize[1])
+    new_h, new_w = resized_shape((h, w), resize)
     if (new_h, new_w) == (h, w):
         return depth, (1.0, 1.0)
     return resize_depth_nearest(depth, (new_h, new_w)), (w / new_w, h / new_h)

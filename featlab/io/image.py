@@ -189,13 +189,18 @@ def resize_image(img: np.ndarray, resize) -> tuple[np.ndarray, tuple[float, floa
     resized coordinates back to the original: p_orig = p_resized * scale.
     """
     h, w = img.shape[:2]
-    if resize is None:
-        return img, (1.0, 1.0)
-    if isinstance(resize, (int, float)):
-        s = float(resize) / max(h, w)
-        new_w, new_h = max(1, int(round(w * s))), max(1, int(round(h * s)))
-    else:
-        new_h, new_w = int(resize[0]), int(resize[1])
+    new_h, new_w = resized_shape((h, w), resize)
     if (new_h, new_w) == (h, w):
         return img, (1.0, 1.0)
     return resize_exact(img, (new_h, new_w)), (w / new_w, h / new_h)
+
+
+def resized_shape(shape, resize) -> tuple[int, int]:
+    """(H, W) after ``resize``: None (keep), an int (longest side, aspect ratio kept, rounded), or (H, W)."""
+    h, w = int(shape[0]), int(shape[1])
+    if resize is None:
+        return h, w
+    if isinstance(resize, (int, float)):
+        s = float(resize) / max(h, w)
+        return max(1, int(round(h * s))), max(1, int(round(w * s)))
+    return int(resize[0]), int(resize[1])
