@@ -209,6 +209,36 @@ class PosedPairStream(Dataset):
 
 
 # ------------------------------------------------------------------------------------------------------ task
+def prepare_posed_val_pairs(pairs, image_size, max_keypoints: int) -> list[dict]:
+    """Validation pairs of a pose-supervised task, prepared once: each view resized to ``image_size`` (H, W) with
+    its intrinsics, and featlab SIFT's keypoints and descriptors on it (the baseline and the query points).
+
+    Returns one dict per pair: ``name``, ``T_0to1`` (4, 4) float64, ``image`` (2, C, H, W), ``K0``/``K1``,
+    ``keypoints0``/``keypoints1`` (N, 2) featlab pixels, ``sift_descriptors0``/``sift_descriptors1`` (N, 128).
+    """
+    from ..extractors import build_extractor
+
+    sift = build_extractor("sift", {"max_keypoints": int(max_keypoints)})
+    size = tuple(int(v) for v in image_size)
+    out = []
+    for k in range(len(pairs)):
+        item = pairs[k]
+        entry = {"name": item.get("name", str(k)), "T_0to1": np.asarray(item["T_0to1"], np.float64)}
+        images = []
+        for s in ("0", "1"):
+            image, K = resize_with_intrinsics(item[f"image{s}"], item[f"K{s}"], size)
+            t = image_to_tensor(image)
+            with torch.no_grad():
+                pred = sift({"image": t})
+            entry[f"K{s}"] = K
+            entry[f"keypoints{s}"] = pred["keypoints"][0].float()
+            entry[f"sift_descriptors{s}"] = pred["descriptors"][0].float()
+            images.append(t[0])
+        entry["image"] = torch.stack(images)
+        out.append(entry)
+    return out
+
+
 class CAPSTask(loop.TrainingTask):
     """Data, loss and validation of CAPS for :func:`featlab.training.loop.train`.
 
@@ -248,27 +278,7 @@ class CAPSTask(loop.TrainingTask):
                                     multiprocessing_context=None)
 
     def _prepare_val(self, pairs) -> list[dict]:
-        from ..extractors import build_extractor
-
-        sift = build_extractor("sift", {"max_keypoints": int(self.conf.val.max_keypoints)})
-        size = tuple(int(v) for v in self.conf.data.image_size)
-        out = []
-        for k in range(len(pairs)):
-            item = pairs[k]
-            entry = {"name": item.get("name", str(k)), "T_0to1": np.asarray(item["T_0to1"], np.float64)}
-            images = []
-            for s in ("0", "1"):
-                image, K = resize_with_intrinsics(item[f"image{s}"], item[f"K{s}"], size)
-                t = image_to_tensor(image)
-                with torch.no_grad():
-                    pred = sift({"image": t})
-                entry[f"K{s}"] = K
-                entry[f"keypoints{s}"] = pred["keypoints"][0].float()
-                entry[f"sift_descriptors{s}"] = pred["descriptors"][0].float()
-                images.append(t[0])
-            entry["image"] = torch.stack(images)
-            out.append(entry)
-        return out
+        return prepare_posed_val_pairs(pairs, self.conf.data.image_size, int(self.conf.val.max_keypoints))
 
     # ------------------------------------------------------------------------------------------------ steps
     def set_compute(self, dtype: str, channels_last: bool) -> None:
@@ -402,5 +412,5 @@ def export_weights(run_dir: str | Path, name: str, which: str = "best") -> Path:
     return copy_weights(src, WEIGHTS_DIR / f"{name}.safetensors")
 
 
-__all__ = ["default_conf", "CAPSTask", "PosedPairStream", "RGBDPairs", "resize_with_intrinsics", "sample_queries",
-           "export_weights"]
+__all__ = ["default_conf", "CAPSTask", "PosedPairStream", "RGBDPairs", "prepare_posed_val_pairs",
+           "resize_with_intrinsics", "sample_queries", "export_weights"]

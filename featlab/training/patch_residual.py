@@ -266,7 +266,9 @@ class PatchPairStream(Dataset):
 
 def top_by_response(f: dict, k: int) -> dict:
     """g's own top-k of a :func:`describe` result (its rows are sorted by decreasing response)."""
-    return {key: (v[:k] if key != "gray" and key != "image_size" and k >= 0 else v) for key, v in f.items()}
+    if k < 0:
+        return f
+    return {key: (v if key in ("gray", "image_size") else v[:k]) for key, v in f.items()}
 
 
 def distractors(desc: np.ndarray, partner_desc: np.ndarray, positives: np.ndarray, n: int,

@@ -61,7 +61,7 @@ from ..nn.resunet import map_extent
 from ..pixels import from_grid_indices, sample_map
 from ..rng import role_rng
 from . import loop
-from .caps import RGBDPairs, resize_with_intrinsics
+from .caps import RGBDPairs, prepare_posed_val_pairs, resize_with_intrinsics
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "scfeat.yaml"
 SUMMARY = "SCFeat detector + descriptor, weakly supervised by poses"
@@ -322,27 +322,7 @@ class SCFeatTask(loop.TrainingTask):
         return loop.iterate_batches(self.dataset, self.conf.data.batch_size, self.conf.data.num_workers, start_step)
 
     def _prepare_val(self, pairs) -> list[dict]:
-        from ..extractors import build_extractor
-
-        sift = build_extractor("sift", {"max_keypoints": int(self.conf.val.max_keypoints)})
-        size = tuple(int(v) for v in self.conf.data.image_size)
-        out = []
-        for k in range(len(pairs)):
-            item = pairs[k]
-            entry = {"T_0to1": np.asarray(item["T_0to1"], np.float64)}
-            images = []
-            for s in ("0", "1"):
-                image, K = resize_with_intrinsics(item[f"image{s}"], item[f"K{s}"], size)
-                t = image_to_tensor(image)
-                with torch.no_grad():
-                    pred = sift({"image": t})
-                entry[f"K{s}"] = K
-                entry[f"sift_keypoints{s}"] = pred["keypoints"][0].float()
-                entry[f"sift_descriptors{s}"] = pred["descriptors"][0].float()
-                images.append(t[0])
-            entry["image"] = torch.stack(images)
-            out.append(entry)
-        return out
+        return prepare_posed_val_pairs(pairs, self.conf.data.image_size, int(self.conf.val.max_keypoints))
 
     # ------------------------------------------------------------------------------------------------ steps
     def training_step(self, batch: dict, step: int):
@@ -429,7 +409,7 @@ class SCFeatTask(loop.TrainingTask):
             return {}
         th = (5, 10, 20)
         if self._sift_baseline is None:
-            feats = [(p["sift_keypoints0"], p["sift_descriptors0"], p["sift_keypoints1"], p["sift_descriptors1"])
+            feats = [(p["keypoints0"], p["sift_descriptors0"], p["keypoints1"], p["sift_descriptors1"])
                      for p in self.val_pairs]
             self._sift_baseline = {f"sift_auc@{t}": a for t, a in zip(th, self._pose_auc(feats))}
         device = next(self.model.parameters()).device
@@ -441,7 +421,7 @@ class SCFeatTask(loop.TrainingTask):
             dmap = self.model.descriptor_map(out).float()
             row_d, row_o = [], []
             for s in (0, 1):
-                kp = p[f"sift_keypoints{s}"].to(device)
+                kp = p[f"keypoints{s}"].to(device)
                 row_d += [kp, sample_map(dmap[s:s + 1], kp[None], extent, normalize=True)[0]]
                 if self.conf.stage == "detector":
                     k2, _ = detect_keypoints(out["scores"][s, 0].float(), int(self.conf.val.max_keypoints), 1, 0.0, 4)
