@@ -16,7 +16,7 @@ label "this detection has a ground-truth partner among the other image's detecti
 mutually closest). ``rank`` adds SIFT's own log response to the learned logit: measured on ``bsds500/val`` warps
 (moderate / hard presets, 25 pairs each, top 1000, RootSIFT descriptors, selector trained on 150 warped pairs of
 the training photos), MMA@3 0.890 / 0.775 by response, 0.899 / 0.813 by the logit alone, 0.907 / 0.821 by their
-sum.
+sum (``benchmarks/selector_ranking.py 150 rep 1``).
 """
 from __future__ import annotations
 
