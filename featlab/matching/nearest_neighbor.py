@@ -128,27 +128,30 @@ def match_descriptors(desc0, desc1, mutual: bool = True, ratio: float | None = N
     scores = torch.zeros((b, n), dtype=torch.float32, device=d0.device)
     if n > 0 and m > 0:
         sim, distance, score = _similarity_and_distance_fns(d0, d1, binary)
-        valid = torch.ones_like(sim, dtype=torch.bool)
-        if m0 is not None:
-            valid &= m0[:, :, None]
-        if m1 is not None:
-            valid &= m1[:, None, :]
-        sim = sim.masked_fill(~valid, float("-inf"))
+        if m0 is not None or m1 is not None:
+            valid = torch.ones_like(sim, dtype=torch.bool)
+            if m0 is not None:
+                valid &= m0[:, :, None]
+            if m1 is not None:
+                valid &= m1[:, None, :]
+            sim = sim.masked_fill(~valid, float("-inf"))
         top, nn01 = sim.topk(min(2, m), dim=-1)  # (B, N, k)
         best = top[..., 0]
         keep = torch.isfinite(best)  # rows with at least one valid candidate
-        if mutual:
-            nn10 = sim.argmax(dim=1)  # (B, M)
-            keep &= torch.gather(nn10, 1, nn01[..., 0]) == torch.arange(n, device=d0.device)[None]
         symmetric = ratio_test == "symmetric" and mutual
-        if ratio is not None and not (symmetric and min(n, m) == 1):  # hloc: off with a single descriptor
+        ratio_on = ratio is not None and not (symmetric and min(n, m) == 1)  # hloc: off with a single descriptor
+        if mutual:
+            # column-wise neighbours on a contiguous transposed copy: reductions along the last axis are several
+            # times faster than along a strided one (one copy instead of two column passes)
+            top10, nn10 = sim.transpose(-1, -2).contiguous().topk(min(2, n), dim=-1)  # (B, M, k)
+            keep &= torch.gather(nn10[..., 0], 1, nn01[..., 0]) == torch.arange(n, device=d0.device)[None]
+        if ratio_on:
             if m > 1:
                 second = distance(top[..., 1])  # inf where no second valid candidate -> passes
                 keep &= distance(best) < ratio * second
             if symmetric and n > 1:
                 # where the mutual check holds, i is j's nearest neighbour: j's own test in image 0
-                top1 = sim.topk(2, dim=1).values  # (B, 2, M)
-                pass1 = distance(top1[:, 0]) < ratio * distance(top1[:, 1])
+                pass1 = distance(top10[..., 0]) < ratio * distance(top10[..., 1])  # (B, M)
                 keep &= torch.gather(pass1, 1, nn01[..., 0])
         if distance_threshold is not None:
             keep &= distance(best) <= distance_threshold
