@@ -312,6 +312,10 @@ class TestTimeBudget:
         assert state["step"] == 1
         summary = train(ToyTask(), {**TOY, "max_steps": 4}, tmp_path, resume=True)
         assert summary["step"] == 4
+        # the process CPU time of the run is logged and carries over the resume (never restarts at 0)
+        cpu = [r["cpu_time"] for r in read_metrics(tmp_path / "metrics.jsonl")]
+        assert len(cpu) >= 3 and cpu[0] >= 0 and all(b >= a for a, b in zip(cpu, cpu[1:]))
+        assert loop.load_checkpoint(loop.checkpoint_path(tmp_path))["cpu_time"] >= state["cpu_time"] > 0
 
 
 def test_cli_train_with_a_missing_init_file_writes_nothing(photos, tmp_path, capsys):

@@ -8,7 +8,7 @@ Run folder layout::
 
     RUN_DIR/config.yaml               resolved config (written by the CLI)
     RUN_DIR/checkpoints/last.pt       model + optimiser + step + RNG states + config + best-so-far (atomic)
-    RUN_DIR/metrics.jsonl             one JSON record per log / validation: step, time, train_time, loss, ...
+    RUN_DIR/metrics.jsonl             one JSON record per log / validation: step, time (wall s), cpu_time (process CPU s), train_time, loss, ...
     RUN_DIR/tensorboard/              TensorBoard event files
     RUN_DIR/best.safetensors (+.json) best weights by ``best_metric`` (written by the task)
     RUN_DIR/final.safetensors (+.json) weights at the last step
@@ -268,7 +268,7 @@ def train(task: TrainingTask, conf, run_dir: str | Path, resume: bool = False, f
     optimizer = torch.optim.Adam(params, lr=conf.lr, weight_decay=conf.weight_decay)
     log = MetricsLog(run_dir / "metrics.jsonl")
 
-    step, elapsed, train_time = 0, 0.0, 0.0
+    step, elapsed, train_time, cpu_elapsed = 0, 0.0, 0.0, 0.0
     best = {"value": -math.inf, "step": None}
     last_val: dict = {}
     if resume:
@@ -283,6 +283,7 @@ def train(task: TrainingTask, conf, run_dir: str | Path, resume: bool = False, f
         optimizer.load_state_dict(state["optimizer"])
         set_rng_states(state["rng_ranks"][dist.rank] if "rng_ranks" in state else state["rng"])
         step, elapsed, train_time = state["step"], state["time"], state["train_time"]
+        cpu_elapsed = float(state.get("cpu_time", 0.0))
         best, last_val = state["best"], state.get("last_val", {})
         if main:
             log.truncate_after(step)
@@ -306,8 +307,15 @@ def train(task: TrainingTask, conf, run_dir: str | Path, resume: bool = False, f
     amp = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext()
     t_start = time.perf_counter()
 
+    c_start = time.process_time()
+
     def now() -> float:
         return elapsed + time.perf_counter() - t_start
+
+    def cpu() -> float:
+        """CPU seconds of this process (all its threads; not data-loader workers), summed over resumed runs: the
+        measure of a training budget that does not depend on what else runs on the machine."""
+        return cpu_elapsed + time.process_time() - c_start
 
     def checkpoint():
         rng_ranks = distributed.all_gather(rng_states())  # a collective: every rank checkpoints at the same steps
@@ -318,7 +326,7 @@ def train(task: TrainingTask, conf, run_dir: str | Path, resume: bool = False, f
             "rng_ranks": rng_ranks, "world_size": dist.world_size,
             "config": to_container(full_config) if full_config is not None else None, "train_conf":
             to_container(conf), "device": str(device), "dtype": dtype, "channels_last": channels_last,
-            "best": best, "last_val": last_val, "time": now(), "train_time": train_time})
+            "best": best, "last_val": last_val, "time": now(), "cpu_time": cpu(), "train_time": train_time})
 
     def validate():
         nonlocal last_val
@@ -330,7 +338,7 @@ def train(task: TrainingTask, conf, run_dir: str | Path, resume: bool = False, f
             metrics = {k: _scalar(v) for k, v in task.validate().items()}
         model.train()
         last_val = metrics
-        log.write({"kind": "val", "step": step, "time": now(), "train_time": train_time, **world,
+        log.write({"kind": "val", "step": step, "time": now(), "cpu_time": cpu(), "train_time": train_time, **world,
                    "val_seconds": time.perf_counter() - t0, **{f"val/{k}": v for k, v in metrics.items()}})
         for k, v in metrics.items():
             writer.add_scalar(f"val/{k}", v, step)
@@ -391,7 +399,7 @@ def train(task: TrainingTask, conf, run_dir: str | Path, resume: bool = False, f
             if step % conf.log_every == 0 or step == conf.max_steps:
                 means = distributed.mean_over_ranks({k: float(np.mean(v)) for k, v in window.items()})
                 if main:
-                    log.write({"kind": "train", "step": step, "time": now(), "train_time": train_time, **world,
+                    log.write({"kind": "train", "step": step, "time": now(), "cpu_time": cpu(), "train_time": train_time, **world,
                                **means, "skipped": skipped})
                     for k, v in means.items():
                         writer.add_scalar(f"train/{k}", v, step)
@@ -418,7 +426,7 @@ def train(task: TrainingTask, conf, run_dir: str | Path, resume: bool = False, f
     return {"step": step, "world_size": dist.world_size, "device": str(device), "dtype": dtype,
             "channels_last": channels_last,
             "best_metric": conf.best_metric, "best_value": best["value"], "best_step": best["step"],
-            "time": now(), "train_time": train_time, "last_val": last_val, "skipped_steps": skipped}
+            "time": now(), "cpu_time": cpu(), "train_time": train_time, "last_val": last_val, "skipped_steps": skipped}
 
 
 class IndexSampler(torch.utils.data.Sampler):
