@@ -44,14 +44,13 @@ from ..datasets.posed import resize_view
 from ..errors import ConfigError, InputError
 from ..geometry.epipolar import fundamental_from_pose
 from ..geometry.pose import rotation_angle
-from ..extractors.caps import WEIGHTS_DIR, load_caps_weights, sample_descriptors, save_caps_weights
+from ..extractors.caps import load_caps_weights, sample_descriptors, save_caps_weights
 from ..io.image import image_to_tensor
-from ..io.weights import check_export_name, copy_weights
 from ..losses.caps import CAPSLoss, epipolar_errors, epipolar_line_valid, match_coarse_to_fine, normalize_maps
 from ..losses.caps import default_conf as loss_default_conf
 from ..nn.resunet import ResUNet, map_extent
 from ..nn.resunet import default_conf as model_default_conf
-from . import loop
+from . import hooks, loop
 
 #: the experiment config used when --config is not given
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "caps.yaml"
@@ -370,19 +369,10 @@ class CAPSTask(loop.TrainingTask):
 # ------------------------------------------------------------------------------------------------ CLI hooks
 def add_arguments(parser) -> None:
     """Data arguments of ``featlab train caps`` (the common ones are added by featlab.commands.train)."""
-    parser.add_argument("--data", type=Path, default=None, metavar="DIR",
-                        help="posed RGB-D sequence (7-Scenes or TUM layout) for training pairs (sets data.root)")
-    parser.add_argument("--val-data", type=Path, default=None, metavar="DIR",
-                        help="sequence for validation pairs (sets val.root; default: --data, frames val.frame_range)")
+    hooks.add_path_arguments(parser, ("data", "val_data"))
 
 
-def apply_arguments(user: dict, args) -> dict:
-    """Write the data arguments into the user config (before resolution)."""
-    if args.data:
-        user.setdefault("data", {})["root"] = str(args.data)
-    if args.val_data:
-        user.setdefault("val", {})["root"] = str(args.val_data)
-    return user
+apply_arguments = hooks.apply_path_arguments
 
 
 def check_conf(conf) -> None:
@@ -390,26 +380,14 @@ def check_conf(conf) -> None:
         raise ConfigError("no training data: pass --data SEQUENCE_DIR (or set data.root in the config)")
 
 
-def check_export(conf, name: str) -> None:
-    check_export_name(name, "caps-resnet18")
+check_export = hooks.export_name_check("caps-resnet18")
 
 
 def build_task(conf) -> CAPSTask:
     return CAPSTask(conf)
 
 
-def export_weights(run_dir: str | Path, name: str, which: str = "best") -> Path:
-    """Copy ``RUN_DIR/<which>.safetensors`` (+ sidecar) to ``featlab/weights/<name>.safetensors`` (+ sidecar).
-
-    Raises:
-        InputError: the run has no such weights, or they cannot be loaded.
-        ConfigError: a bad name.
-    """
-
-    check_export_name(name, "caps-resnet18")
-    src = Path(run_dir) / f"{which}.safetensors"
-    load_caps_weights(src)  # validates the pair of files
-    return copy_weights(src, WEIGHTS_DIR / f"{name}.safetensors")
+export_weights = hooks.weights_exporter(load_caps_weights, "caps-resnet18")
 
 
 __all__ = ["default_conf", "CAPSTask", "PosedPairStream", "RGBDPairs", "prepare_posed_val_pairs",

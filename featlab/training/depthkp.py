@@ -42,16 +42,15 @@ from ..datasets import splits
 from ..datasets import rgbd as rgbd_module
 from ..datasets.posed import resize_depth_nearest
 from ..errors import ConfigError, InputError
-from ..extractors.depthkp import WEIGHTS_DIR, load_depthkp_weights, save_depthkp_weights
+from ..extractors.depthkp import load_depthkp_weights, save_depthkp_weights
 from ..geometry.depth import backproject, covisibility, sample_depth_nearest
 from ..geometry.rigid import estimate_rigid_ransac, rigid_errors
-from ..io.weights import check_export_name, copy_weights
 from ..losses.depthkp import DepthKPLoss
 from ..losses.depthkp import default_conf as loss_default_conf
 from ..nn.depthnet import DepthKPNet, sample_proposals, valid_cells
 from ..nn.depthnet import default_conf as model_default_conf
 from ..rng import role_rng
-from . import loop
+from . import hooks, loop
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "depthkp.yaml"
 SUMMARY = "keypoints + descriptors learned on depth maps (Georgakis et al. 2018) from poses only"
@@ -322,19 +321,11 @@ class DepthKPTask(loop.TrainingTask):
 # ------------------------------------------------------------------------------------------------ CLI hooks
 def add_arguments(parser) -> None:
     """Data arguments of ``featlab train depthkp`` (the common ones are added by featlab.commands.train)."""
-    parser.add_argument("--data", type=Path, default=None, metavar="DIR",
-                        help="posed RGB-D sequence (7-Scenes or TUM layout) for training pairs (sets data.root); "
-                             "rendered synthetic rooms are added (data.synthetic.scenes)")
-    parser.add_argument("--val-data", type=Path, default=None, metavar="DIR",
-                        help="sequence for validation pairs (sets val.root; default: --data, frames val.frame_range)")
+    hooks.add_path_arguments(parser, ("data", "val_data"),
+                             {"data": "rendered synthetic rooms are added (data.synthetic.scenes)"})
 
 
-def apply_arguments(user: dict, args) -> dict:
-    if args.data:
-        user.setdefault("data", {})["root"] = str(args.data)
-    if args.val_data:
-        user.setdefault("val", {})["root"] = str(args.val_data)
-    return user
+apply_arguments = hooks.apply_path_arguments
 
 
 def check_conf(conf) -> None:
@@ -342,24 +333,14 @@ def check_conf(conf) -> None:
         raise ConfigError("no training data: pass --data SEQUENCE_DIR or set data.synthetic.scenes >= 1")
 
 
-def check_export(conf, name: str) -> None:
-    check_export_name(name, "depthkp")
+check_export = hooks.export_name_check("depthkp")
 
 
 def build_task(conf) -> DepthKPTask:
     return DepthKPTask(conf)
 
 
-def export_weights(run_dir: str | Path, name: str, which: str = "best") -> Path:
-    """Copy ``RUN_DIR/<which>.safetensors`` (+ sidecar) to ``featlab/weights/<name>.safetensors`` (+ sidecar).
-
-    Raises:
-        InputError: the run has no such weights, or they cannot be loaded. ConfigError: a bad name.
-    """
-    check_export_name(name, "depthkp")
-    src = Path(run_dir) / f"{which}.safetensors"
-    load_depthkp_weights(src)
-    return copy_weights(src, WEIGHTS_DIR / f"{name}.safetensors")
+export_weights = hooks.weights_exporter(load_depthkp_weights, "depthkp")
 
 
 __all__ = ["default_conf", "DepthKPTask", "DepthPairStream", "DepthPairList", "sequence_pairs", "synthetic_pairs",

@@ -49,7 +49,7 @@ from ..io.image import image_to_tensor, list_images, read_image
 from ..io.weights import check_export_name, copy_weights
 from ..losses.triplet import TripletLoss
 from ..rng import role_rng
-from . import loop
+from . import hooks, loop
 
 logger = logging.getLogger(__name__)
 
@@ -411,19 +411,10 @@ class ResidualTask(loop.TrainingTask):
 # ------------------------------------------------------------------------------------------------ CLI hooks
 def add_arguments(parser) -> None:
     """Data arguments of ``featlab train residual`` (the common ones are added by featlab.commands.train)."""
-    parser.add_argument("--photos", type=Path, action="append", default=None, metavar="DIR",
-                        help="folder of training photos (repeatable; sets data.photos)")
-    parser.add_argument("--val-photos", type=Path, default=None, metavar="DIR",
-                        help="folder of held-out photos for validation (sets val.photos)")
+    hooks.add_path_arguments(parser, ("photos", "val_photos"))
 
 
-def apply_arguments(user: dict, args) -> dict:
-    """Write the data arguments into the user config (before resolution)."""
-    if args.photos:
-        user.setdefault("data", {})["photos"] = [str(p) for p in args.photos]
-    if args.val_photos:
-        user.setdefault("val", {})["photos"] = str(args.val_photos)
-    return user
+apply_arguments = hooks.apply_path_arguments
 
 
 def check_conf(conf) -> None:

@@ -49,18 +49,17 @@ from ..conf import deep_update, none_or, resolve_conf, to_container
 from ..datasets import homographies, splits
 from ..datasets import rgbd as rgbd_module
 from ..errors import ConfigError, InputError
-from ..extractors.scfeat import (WEIGHTS_DIR, detect_keypoints, load_scfeat_weights, save_scfeat_weights)
+from ..extractors.scfeat import (detect_keypoints, load_scfeat_weights, save_scfeat_weights)
 from ..geometry.eight_point import eight_point, fundamental_error, random_subsets
 from ..geometry.epipolar import fundamental_from_pose
 from ..io.image import image_to_tensor
-from ..io.weights import check_export_name, copy_weights
 from ..losses import scfeat as scfeat_losses
 from ..nn.f2r import SCFeatNet
 from ..nn.f2r import default_conf as model_default_conf
 from ..nn.resunet import map_extent
 from ..pixels import from_grid_indices, sample_map
 from ..rng import role_rng
-from . import loop
+from . import hooks, loop
 from .caps import RGBDPairs, prepare_posed_val_pairs, resize_with_intrinsics
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "scfeat.yaml"
@@ -447,22 +446,10 @@ class SCFeatTask(loop.TrainingTask):
 # ------------------------------------------------------------------------------------------------ CLI hooks
 def add_arguments(parser) -> None:
     """Data arguments of ``featlab train scfeat``."""
-    parser.add_argument("--data", type=Path, default=None, metavar="DIR",
-                        help="posed RGB-D sequence (7-Scenes or TUM layout) for training pairs (sets data.root)")
-    parser.add_argument("--colmap", type=Path, action="append", default=None, metavar="DIR",
-                        help="COLMAP project with posed images (images/ + sparse/), repeatable (sets data.colmap)")
-    parser.add_argument("--val-data", type=Path, default=None, metavar="DIR",
-                        help="sequence for validation pairs (sets val.root; default: --data)")
+    hooks.add_path_arguments(parser, ("data", "colmap", "val_data"))
 
 
-def apply_arguments(user: dict, args) -> dict:
-    if args.data:
-        user.setdefault("data", {})["root"] = str(args.data)
-    if args.colmap:
-        user.setdefault("data", {})["colmap"] = [str(p) for p in args.colmap]
-    if args.val_data:
-        user.setdefault("val", {})["root"] = str(args.val_data)
-    return user
+apply_arguments = hooks.apply_path_arguments
 
 
 def check_conf(conf) -> None:
@@ -473,20 +460,14 @@ def check_conf(conf) -> None:
                          allow_eval_data=bool(conf.data.allow_eval_data))
 
 
-def check_export(conf, name: str) -> None:
-    check_export_name(name, "scfeat")
+check_export = hooks.export_name_check("scfeat")
 
 
 def build_task(conf) -> SCFeatTask:
     return SCFeatTask(conf)
 
 
-def export_weights(run_dir: str | Path, name: str, which: str = "best") -> Path:
-    """Copy ``RUN_DIR/<which>.safetensors`` (+ sidecar) to ``featlab/weights/<name>.safetensors`` (+ sidecar)."""
-    check_export_name(name, "scfeat")
-    src = Path(run_dir) / f"{which}.safetensors"
-    load_scfeat_weights(src)
-    return copy_weights(src, WEIGHTS_DIR / f"{name}.safetensors")
+export_weights = hooks.weights_exporter(load_scfeat_weights, "scfeat")
 
 
 __all__ = ["default_conf", "SCFeatTask", "PosedPairStream", "ColmapPairs", "ConcatPairs", "cell_queries",
