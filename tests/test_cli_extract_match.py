@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import skimage.data
 
-from featlab.cli import main
 from featlab.conf import load_yaml
 from featlab.io import h5 as fh5
+from clitools import assert_one_line_error, run_cli
 
 SHIFT = (20, 10)  # c.png is a.png's crop moved by this (x, y) offset
 
@@ -22,20 +22,6 @@ def images(tmp_path):
     cv2.imwrite(str(root / "sub" / "deeper" / "c.png"), photo[20 + dy:220 + dy, 30 + dx:230 + dx])
     cv2.imwrite(str(root / "sub" / "b.jpg"), skimage.data.camera()[::3, ::3])
     return root
-
-
-def run_cli(capsys, *argv):
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def assert_one_line_error(rc, err, *fragments):
-    assert rc == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("featlab: error:"), err
-    for frag in fragments:
-        assert frag in lines[0], lines[0]
 
 
 def test_extract_match_resume(images, tmp_path, capsys):

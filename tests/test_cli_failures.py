@@ -18,30 +18,16 @@ import numpy as np
 import pytest
 import skimage.data
 
-from featlab.cli import build_parser, main, plain_text
+from featlab.cli import build_parser, plain_text
 from featlab.conf import checked, none_or, resolve_conf
 from featlab.errors import ConfigError
 from featlab.io import h5 as fh5
+from clitools import assert_one_line_error, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 # --------------------------------------------------------------------------------------------- helpers
-def run_cli(capsys, *argv):
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def assert_one_line_error(rc, err, *fragments):
-    assert rc == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("featlab: error:"), err
-    for frag in fragments:
-        assert frag in lines[0], lines[0]
-    return lines[0]
-
-
 def run_subprocess(*argv, code: str | None = None, timeout: int = 300):
     """The CLI in a fresh process, so that stderr holds everything a user sees (logging included)."""
     cmd = [sys.executable, "-c", code, *map(str, argv)] if code else [sys.executable, "-m", "featlab", *map(str, argv)]

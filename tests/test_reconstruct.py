@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from featlab.cli import main
 from featlab.errors import ConfigError
 from featlab.io import h5 as fh5
 from featlab.io.image import apply_exif_orientation, exif_orientation, read_image
 from featlab.sfm.cameras import CameraInfo, camera_info, focal_from_exif, group_cameras, image_size_as_read
 from featlab.sfm.pairs import retrieval_pairs, select_pairs, vlad_descriptors
+from clitools import run_cli
 
 pycolmap = pytest.importorskip("pycolmap")
 
@@ -35,12 +35,6 @@ def scene(tmp_path_factory):
         cv2.imwrite(str(root / "images" / name), cv2.cvtColor(coll.load_image(k), cv2.COLOR_RGB2BGR))
     write_posed_model(root / "gt", names, coll.K[0], coll.T_w2c, RENDER["image_size"])
     return root
-
-
-def run_cli(capsys, *argv):
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def test_reconstruct_sift_registers_all_and_matches_ground_truth(scene, tmp_path, capsys):

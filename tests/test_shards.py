@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import skimage.data
 
-from featlab.cli import main
 from featlab.errors import ConfigError
 from featlab.io import h5 as fh5
 from featlab.io.shards import list_digest, parse_shard, select_shard, shard_bounds
+from clitools import assert_one_line_error, run_cli
 
 
 # ------------------------------------------------------------------------------------------------ blocks
@@ -67,20 +67,6 @@ def images(tmp_path):
     cv2.imwrite(str(root / "sub" / "d.jpg"), skimage.data.camera()[::5, ::5])
     cv2.imwrite(str(root / "sub" / "e.png"), photo[28:128, 12:112])
     return root
-
-
-def run_cli(capsys, *argv):
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def assert_one_line_error(rc, err, *fragments):
-    assert rc == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("featlab: error:"), err
-    for frag in fragments:
-        assert frag in lines[0], lines[0]
 
 
 def h5_contents(path) -> dict:
