@@ -185,6 +185,26 @@ def _setup(args):
     return out
 
 
+def _write_results(out: Path, benchmark: str, result: dict, args, report, plot=None, pairs_file: str | None = None):
+    """The end of every ``featlab eval`` benchmark: ``OUT/<benchmark>_results.json`` (result + arguments +
+    environment), its Markdown report (printed too), an optional plot ``(function, file name)``; returns 0."""
+    from ..eval.report import args_to_dict, environment, write_json, write_markdown
+
+    result = {"benchmark": benchmark, **result, "args": args_to_dict(args), "environment": environment()}
+    write_json(out / f"{benchmark}_results.json", result)
+    md = report(result)
+    write_markdown(out / f"{benchmark}_results.md", md)
+    extra = ["and .md"]
+    if plot is not None:
+        plot[0](result, out / plot[1])
+        extra.append(plot[1])
+    if pairs_file:
+        extra.append(pairs_file)
+    print(md)
+    print(f"results: {out / f'{benchmark}_results.json'} ({', '.join(extra)})")
+    return 0
+
+
 def _progress(args):
     return False if args.no_progress else None
 
@@ -199,7 +219,6 @@ def _methods(args, common: dict):
 # ------------------------------------------------------------------------------------------------ hpatches
 def run_hpatches(args) -> int:
     from ..eval import hpatches
-    from ..eval.report import args_to_dict, environment, write_json, write_markdown
 
     out = _setup(args)
     if args.synthetic is not None and (args.protocol != "resized" or args.resize_mode is not None):
@@ -245,15 +264,8 @@ def run_hpatches(args) -> int:
                 ", ".join(methods), proto["protocol"], "full resolution" if size is None else
                 f"{size[0]}x{size[1]} ({proto['resize_mode']})", k)
     result = hpatches.run_benchmark(dataset, methods, conf, out / "cache", source, progress=_progress(args))
-    result = {"benchmark": benchmark, "title": label, **result, "args": args_to_dict(args),
-              "environment": environment()}
-    write_json(out / f"{benchmark}_results.json", result)
-    md = hpatches.markdown_report(result)
-    write_markdown(out / f"{benchmark}_results.md", md)
-    hpatches.plot_mma(result, out / f"{benchmark}_mma.png")
-    print(md)
-    print(f"results: {out / f'{benchmark}_results.json'} (and .md, {benchmark}_mma.png)")
-    return 0
+    return _write_results(out, benchmark, {"title": label, **result}, args, hpatches.markdown_report,
+                          (hpatches.plot_mma, f"{benchmark}_mma.png"))
 
 
 def _parse_resize(values):
@@ -268,7 +280,6 @@ def _parse_resize(values):
 # ------------------------------------------------------------------------------------------------ relpose
 def run_relpose(args) -> int:
     from ..eval import relpose
-    from ..eval.report import args_to_dict, environment, write_json, write_markdown
     from ..geometry.robust import relative_pose_settings
 
     out = _setup(args)
@@ -289,15 +300,9 @@ def run_relpose(args) -> int:
     source["pairs_file"] = str(save_pairs(out / "relpose_pairs.txt", pairs))
     logger.info("relpose on %s, methods %s", source["label"], ", ".join(methods))
     result = relpose.run_benchmark(dataset, pairs, methods, conf, out / "cache", source, progress=_progress(args))
-    result = {"benchmark": "relpose", "title": f"Relative pose: {source['label']}", **result,
-              "args": args_to_dict(args), "environment": environment()}
-    write_json(out / "relpose_results.json", result)
-    md = relpose.markdown_report(result)
-    write_markdown(out / "relpose_results.md", md)
-    relpose.plot_cumulative_errors(result, out / "relpose_errors.png")
-    print(md)
-    print(f"results: {out / 'relpose_results.json'} (and .md, relpose_errors.png, relpose_pairs.txt)")
-    return 0
+    return _write_results(out, "relpose", {"title": f"Relative pose: {source['label']}", **result}, args,
+                          relpose.markdown_report, (relpose.plot_cumulative_errors, "relpose_errors.png"),
+                          "relpose_pairs.txt")
 
 
 def _gap_label(pairs) -> str:
@@ -406,7 +411,6 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 def run_speed(args) -> int:
     from ..eval import speed
-    from ..eval.report import args_to_dict, environment, write_json, write_markdown
     from ..io.image import read_image
 
     out = _setup(args)
@@ -421,14 +425,8 @@ def run_speed(args) -> int:
 
         image, image_label = skdata.astronaut(), "scikit-image astronaut (512x512)"
     result = speed.run_benchmark(methods, image, sizes, args.repeats)
-    result = {"benchmark": "speed", "image": image_label, **result, "args": args_to_dict(args),
-              "environment": environment()}
-    write_json(out / "speed_results.json", result)
-    md = speed.markdown_report(result, image_label)
-    write_markdown(out / "speed_results.md", md)
-    print(md)
-    print(f"results: {out / 'speed_results.json'} (and .md)")
-    return 0
+    return _write_results(out, "speed", {"image": image_label, **result}, args,
+                          lambda r: speed.markdown_report(r, image_label))
 
 
 # ------------------------------------------------------------------------------------------------ register
@@ -480,7 +478,6 @@ def _add_register(esub):
 
 def run_register(args) -> int:
     from ..eval import register
-    from ..eval.report import args_to_dict, environment, write_json, write_markdown
 
     out = _setup(args)
     resize = _parse_resize(args.resize)
@@ -511,12 +508,6 @@ def run_register(args) -> int:
     logger.info("register on %s, methods %s", source["label"], ", ".join(methods))
     result = register.run_benchmark(sequence, pairs, methods, conf, out / "cache", source, K_depth=K_depth,
                                     K_colour=colour.K, colour_sequence=colour, progress=_progress(args))
-    result = {"benchmark": "register", "title": f"3D registration: {source['label']}", **result,
-              "args": args_to_dict(args), "environment": environment()}
-    write_json(out / "register_results.json", result)
-    md = register.markdown_report(result)
-    write_markdown(out / "register_results.md", md)
-    register.plot_errors(result, out / "register_errors.png")
-    print(md)
-    print(f"results: {out / 'register_results.json'} (and .md, register_errors.png, register_pairs.txt)")
-    return 0
+    return _write_results(out, "register", {"title": f"3D registration: {source['label']}", **result}, args,
+                          register.markdown_report, (register.plot_errors, "register_errors.png"),
+                          "register_pairs.txt")

@@ -341,7 +341,7 @@ _INPUT_LABELS = {"depth": "depth", "image": "colour, lifted", "point cloud": "po
 
 def markdown_report(result: dict) -> str:
     """One table per gap (then all pairs), methods as rows, with the identity motion's share as the first row."""
-    from .report import markdown_table
+    from .report import markdown_table, summary_groups
 
     conf, src = result["conf"], result["source"]
     names = [threshold_name(d, s) for d, s in conf["thresholds"]]
@@ -359,19 +359,13 @@ def markdown_report(result: dict) -> str:
              f"above {100 * conf['fmr_threshold']:g} %. Failures count as infinite error.", ""]
     if src.get("colour_note"):
         lines += [f"Colour methods: {src['colour_note']}", ""]
-    for group in [f"gap_{g}" for g in result["gaps"]] + ["all"]:
-        rows, first = [], None
-        for name, res in result["methods"].items():
-            s = res["summary"].get(group)
-            if not s or not s.get("num_pairs"):
-                continue
-            first = first or s
-            rows.append([name, _INPUT_LABELS.get(res["inputs"], res["inputs"])] + [s["recall"][k] for k in names]
-                        + [s["median_error_R"], 100 * s["median_error_t"], s["mean_inlier_ratio"],
-                           s["feature_match_recall"], s["mean_num_matches"], s["mean_num_keypoints"],
-                           res["median_ms_extract"], 1000 * s["median_seconds_register"]])
-        if not rows:
-            continue
+    for group, entries in summary_groups(result):
+        first = entries[0][2]
+        rows = [[name, _INPUT_LABELS.get(res["inputs"], res["inputs"])] + [s["recall"][k] for k in names]
+                + [s["median_error_R"], 100 * s["median_error_t"], s["mean_inlier_ratio"], s["feature_match_recall"],
+                   s["mean_num_matches"], s["mean_num_keypoints"], res["median_ms_extract"],
+                   1000 * s["median_seconds_register"]]
+                for name, res, s in entries]
         rows.insert(0, ["(identity)", "-"] + [first["identity_recall"][k] for k in names] + [None] * 8)
         rot, tr = first["gt_rotation"], first["gt_translation"]
         lines += [f"## {_group_title(group)}: {first['num_pairs']} pairs, ground-truth rotation "

@@ -205,7 +205,7 @@ def estimator_description(conf: dict) -> str:
 
 def markdown_report(result: dict) -> str:
     """One table per gap (then all pairs), methods as rows, each headed by the pairs' ground-truth rotation angles."""
-    from .report import markdown_table
+    from .report import markdown_table, summary_groups
 
     conf = result["conf"]
     src = result["source"]
@@ -217,17 +217,11 @@ def markdown_report(result: dict) -> str:
              "translation direction error) in degrees, failures count as infinite error; AUC in percent.", "",
              f"Images: {src.get('image_size', 'native size')}; extraction size {conf['resize'] or 'as evaluated'}, "
              f"top {conf['max_keypoints']} keypoints. Intrinsics: {src.get('intrinsics', 'dataset default')}.", ""]
-    for group in [f"gap_{g}" for g in result["gaps"]] + ["all"]:
-        rows, first = [], None
-        for name, res in result["methods"].items():
-            s = res["summary"].get(group)
-            if not s or not s.get("num_pairs"):
-                continue
-            first = first or s
-            rows.append([name] + [100 * s["auc"][str(t)] for t in ths]
-                        + [s["median_pose_error"], s["mean_num_inliers"], s["mean_num_matches"], s["failures"]])
-        if not rows:
-            continue
+    for group, entries in summary_groups(result):
+        first = entries[0][2]
+        rows = [[name] + [100 * s["auc"][str(t)] for t in ths]
+                + [s["median_pose_error"], s["mean_num_inliers"], s["mean_num_matches"], s["failures"]]
+                for name, _, s in entries]
         rot = first["gt_rotation"]
         lines += [f"## {_group_title(group, gap_name)}: {first['num_pairs']} pairs, ground-truth rotation "
                   f"{rot['min']:.1f}-{rot['max']:.1f} deg (median {rot['median']:.1f})", "",

@@ -82,6 +82,17 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], digits:
     return "\n".join(lines)
 
 
+def summary_groups(result: dict):
+    """Yield ``(group, entries)`` for each frame-gap group of a pair benchmark (``gap_<d>``, then ``all``), where
+    ``entries`` lists ``(method name, method result, the group's summary)`` of the methods with pairs in it;
+    groups without any are skipped."""
+    for group in [f"gap_{g}" for g in result["gaps"]] + ["all"]:
+        entries = [(name, res, res["summary"][group]) for name, res in result["methods"].items()
+                   if (res["summary"].get(group) or {}).get("num_pairs")]
+        if entries:
+            yield group, entries
+
+
 def write_markdown(path: str | Path, text: str) -> Path:
     return atomic_write_text(path, text.rstrip() + "\n")
 
