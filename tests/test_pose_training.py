@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -14,6 +12,7 @@ import torch
 from featlab.datasets import splits
 from featlab.errors import ConfigError
 from featlab.losses.epipolar_sparse import EpipolarSparseLoss, epipolar_sparse_loss, line_distances
+from scenes import write_colmap_text
 
 
 # ------------------------------------------------------------------------------------------------- helpers
@@ -226,26 +225,6 @@ class TestCollectionSplit:
 
 
 # ------------------------------------------------------------------------------------------------ end to end
-def write_colmap_text(collection, root: Path) -> Path:
-    """A posed collection as a COLMAP text model: ``root/images/*.png``, ``root/sparse/`` (PINHOLE, no points)."""
-    import pycolmap
-
-    (root / "images").mkdir(parents=True)
-    (root / "sparse").mkdir()
-    cameras, images = [], []
-    for k, name in enumerate(collection.names):
-        image = collection.load_image(k)
-        h, w = image.shape[:2]
-        cv2.imwrite(str(root / "images" / f"{name}.png"), image[..., ::-1])
-        K, T = collection.K[k], collection.T_w2c[k]
-        cameras.append(f"{k + 1} PINHOLE {w} {h} {K[0, 0]:.17g} {K[1, 1]:.17g} {K[0, 2]:.17g} {K[1, 2]:.17g}")
-        x, y, z, w_ = pycolmap.Rotation3d(T[:3, :3]).quat  # COLMAP stores (w, x, y, z)
-        images.append(f"{k + 1} " + " ".join(f"{v:.17g}" for v in (w_, x, y, z, *T[:3, 3]))
-                      + f" {k + 1} {name}.png\n")
-    (root / "sparse" / "cameras.txt").write_text("\n".join(cameras) + "\n")
-    (root / "sparse" / "images.txt").write_text("\n".join(images) + "\n")
-    (root / "sparse" / "points3D.txt").write_text("")
-    return root
 
 
 @pytest.fixture(scope="module")

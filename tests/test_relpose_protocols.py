@@ -19,6 +19,7 @@ from featlab.eval import relpose
 from featlab.geometry import essential_from_pose, relative_pose_error, rotation_angle, sampson_distance
 from featlab.geometry.robust import (RELPOSE_DEFAULTS, estimate_relative_pose, recover_best_pose,
                                      relative_pose_settings)
+from scenes import write_colmap_text
 from test_geometry import noisy_matches, pose_matrix, rotation, two_view_scene
 
 
@@ -160,27 +161,6 @@ class TestSevenScenesIntrinsics:
 
 
 # ------------------------------------------------------------------------------------------- COLMAP benchmark
-def write_colmap_text(collection, root: Path) -> Path:
-    """A posed collection as a COLMAP text model in the Strecha layout: ``root/images/*.png``, ``root/sparse/``
-    (one PINHOLE camera per image, world-to-camera poses, no points: the poses are ground truth)."""
-    import pycolmap
-
-    (root / "images").mkdir(parents=True)
-    (root / "sparse").mkdir()
-    cameras, images = [], []
-    for k, name in enumerate(collection.names):
-        image = collection.load_image(k)
-        h, w = image.shape[:2]
-        cv2.imwrite(str(root / "images" / f"{name}.png"), image[..., ::-1])
-        K, T = collection.K[k], collection.T_w2c[k]
-        cameras.append(f"{k + 1} PINHOLE {w} {h} {K[0, 0]:.17g} {K[1, 1]:.17g} {K[0, 2]:.17g} {K[1, 2]:.17g}")
-        x, y, z, w_ = pycolmap.Rotation3d(T[:3, :3]).quat  # COLMAP stores (w, x, y, z)
-        pose = " ".join(f"{v:.17g}" for v in (w_, x, y, z, *T[:3, 3]))
-        images.append(f"{k + 1} {pose} {k + 1} {name}.png\n")  # and an empty line: no 2D points
-    (root / "sparse" / "cameras.txt").write_text("\n".join(cameras) + "\n")
-    (root / "sparse" / "images.txt").write_text("\n".join(images) + "\n")
-    (root / "sparse" / "points3D.txt").write_text("")
-    return root
 
 
 @pytest.fixture(scope="module")
