@@ -48,7 +48,8 @@ def test_reconstruct_sift_registers_all_and_matches_ground_truth(scene, tmp_path
     st = report["statistics"]
     assert st["registered"] == 8 and st["points3D"] > 200 and 2.0 < st["mean_track_length"] <= 8
     assert 0 < st["mean_reprojection_error_px"] < 1.0
-    assert set(report["times_s"]) == {"extract", "pairs", "match", "verify", "mapping"}
+    assert set(report["times_s"]) == set(report["cpu_s"]) == {"extract", "pairs", "match", "verify", "mapping"}
+    assert report["cpu_s"]["extract"] > 0 and all(v >= 0 for v in report["cpu_s"].values())
     assert report["settings"]["ratio"] == 0.8 and report["settings"]["cameras"] == 1
     # hloc layout: every image and all 28 pairs, keypoints of the model are those of the features file
     assert fh5.list_feature_names(out / "features.h5") == sorted(p.name for p in (scene / "images").iterdir())
@@ -76,7 +77,8 @@ def test_reconstruct_colmap_reference(scene, tmp_path, capsys):
     rc, text, _ = run_cli(capsys, "reconstruct", scene / "images", "-o", out, "--colmap", "--threads", "1")
     assert rc == 0 and "8/8 images registered" in text
     report = json.loads((out / "report.json").read_text())
-    assert set(report["times_s"]) == {"extract", "match+verify", "mapping"}
+    assert set(report["times_s"]) == set(report["cpu_s"]) == {"extract", "match+verify", "mapping"}
+    assert report["cpu_s"]["extract"] > 0
     assert not (out / "features.h5").exists()
     cam = pycolmap.Reconstruction(str(out / "sparse")).cameras[1]
     assert (cam.width, cam.height) == (320, 240)
@@ -208,3 +210,23 @@ def test_pycolmap_import_order_keeps_opencv_png_writer_alive():
             "ok, buf = cv2.imencode('.png', np.zeros((8, 8, 3), np.uint8)); print(ok)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and res.stdout.strip() == "True", res.stderr[-500:]
+
+
+def test_stage_clock_counts_cpu_work_and_not_waiting():
+    import time
+
+    from featlab.sfm.pipeline import StageClock
+
+    clock = StageClock()
+    with clock("wait"):
+        time.sleep(0.3)
+    with clock("work"):
+        t = time.process_time()
+        while time.process_time() - t < 0.3:
+            pass
+    with clock("work"):  # a second entry adds to the stage
+        t = time.process_time()
+        while time.process_time() - t < 0.1:
+            pass
+    assert clock.wall["wait"] >= 0.3 and clock.cpu["wait"] < 0.1
+    assert clock.cpu["work"] >= 0.39 and clock.wall["work"] >= 0.39

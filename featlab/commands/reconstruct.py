@@ -97,8 +97,8 @@ def run(args) -> int:
                          camera_model=args.camera_model, colmap=args.colmap, conf=args.conf, seed=args.seed,
                          num_threads=threads, command=command)
     s = report["statistics"]
-    total = sum(report["times_s"].values())
+    total, cpu = sum(report["times_s"].values()), sum(report["cpu_s"].values())
     track = f", mean track length {s['mean_track_length']:.2f}" if s["mean_track_length"] else ""
     print(f"{args.output}: {s['registered']}/{s['images']} images registered, {s['points3D']} points{track}, "
-          f"{total:.0f} s; report in {args.output / 'report.md'}")
+          f"{total:.0f} s ({cpu:.0f} CPU-s); report in {args.output / 'report.md'}")
     return 0

@@ -157,6 +157,7 @@ def evaluate_sfm(reconstructions: dict[str, Path], gt, align_threshold: float = 
             res["summary"].update(points3D=st["points3D"], mean_track_length=st["mean_track_length"],
                                   mean_reprojection_error_px=st["mean_reprojection_error_px"],
                                   time_s=float(sum(report["times_s"].values())), times_s=report["times_s"],
+                                  cpu_s=float(sum(report["cpu_s"].values())) if report.get("cpu_s") else None,
                                   images=st["images"], settings=report.get("settings"))
         results[label] = res
     return {"gt": str(gt_model), "align_threshold": align_threshold, "results": results}
@@ -167,19 +168,20 @@ def markdown(result: dict, title: str = "") -> str:
     from .report import markdown_table
 
     header = ["method", "registered", "rot. median (deg)", "rot. max (deg)", "pos. median (m)", "pos. max (m)",
-              "3D points", "track length", "reproj. (px)", "time (s)"]
+              "3D points", "track length", "reproj. (px)", "wall (s)", "CPU (s)"]
     rows = []
     for label, r in result["results"].items():
         s = r["summary"]
         rows.append([label, f"{s['registered']}/{s['gt_images']}", s.get("rotation_error_deg_median"),
                      s.get("rotation_error_deg_max"), s.get("position_error_median"), s.get("position_error_max"),
                      s.get("points3D"), s.get("mean_track_length"), s.get("mean_reprojection_error_px"),
-                     s.get("time_s")])
+                     s.get("time_s"), s.get("cpu_s")])
     lines = [f"# {title}" if title else "# Reconstruction accuracy", "",
              f"Ground truth: `{result['gt']}`; Sim(3) on camera centres, LO-RANSAC threshold "
              f"{result['align_threshold']:g} x the RMS spread of the ground-truth centres. Errors over registered "
-             "images; positions in ground-truth units.", "",
-             markdown_table(header, rows, digits=[0, 0, 3, 3, 4, 4, 0, 2, 3, 0])]
+             "images; positions in ground-truth units. Time: the reconstruction's total, wall clock and CPU (user + "
+             "system, all threads).", "",
+             markdown_table(header, rows, digits=[0, 0, 3, 3, 4, 4, 0, 2, 3, 0, 0])]
     return "\n".join(lines)
 
 

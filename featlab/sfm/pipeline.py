@@ -18,6 +18,8 @@ on the same cameras, pairs rule and mapper: the reference the featlab models are
 from __future__ import annotations
 
 import argparse
+import contextlib
+import resource
 import shutil
 import time
 from pathlib import Path
@@ -49,6 +51,32 @@ def _subcommand_args(module, argv: list[str]) -> argparse.Namespace:
     sub = parser.add_subparsers(dest="command")
     module.register(sub)
     return parser.parse_args(argv)
+
+
+class StageClock:
+    """Wall-clock and CPU seconds per stage of a run (``with clock("match"): ...``).
+
+    CPU = user + system time of this process (all its threads, pycolmap's included) and of its finished child
+    processes: the cost of a stage that does not depend on what else runs on the machine, where the wall clock does.
+    """
+
+    def __init__(self):
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+
+    @staticmethod
+    def cpu_seconds() -> float:
+        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str):
+        w, c = time.perf_counter(), self.cpu_seconds()
+        try:
+            yield
+        finally:
+            self.wall[stage] = self.wall.get(stage, 0.0) + time.perf_counter() - w
+            self.cpu[stage] = self.cpu.get(stage, 0.0) + self.cpu_seconds() - c
 
 
 def reconstruct(images, out, model: str = DEFAULT_MODEL, pairs: str = "exhaustive", pairs_n: int | None = None,
@@ -108,7 +136,7 @@ def reconstruct(images, out, model: str = DEFAULT_MODEL, pairs: str = "exhaustiv
     cameras = [make_camera(camera_model, infos[first[c]]) for c in range(len(first))]
     ratio = default_ratio(model) if ratio is None else (None if ratio == 0 else ratio)
 
-    times: dict[str, float] = {}
+    clock = StageClock()
     features, matches, pairs_path = out / "features.h5", out / "matches.h5", out / "pairs.txt"
     db_path = out / "database.db"
     settings = {"pairs": pairs if pairs_n is None else f"{pairs} {pairs_n}", "camera_mode": camera_mode,
@@ -120,9 +148,8 @@ def reconstruct(images, out, model: str = DEFAULT_MODEL, pairs: str = "exhaustiv
                         matcher="COLMAP (mutual, ratio 0.8, distance 0.7)")
         if pairs != "exhaustive":
             write_pairs(pairs_path, select_pairs(names, pairs, pairs_n))
-        stage_times = colmap_features_and_matches(db_path, images, names, cameras, camera_index, pairs, pairs_n,
-                                                  pairs_path, num_threads=num_threads, seed=seed)
-        times.update(stage_times)
+        colmap_features_and_matches(db_path, images, names, cameras, camera_index, pairs, pairs_n, pairs_path,
+                                    num_threads=num_threads, seed=seed, clock=clock)
     else:
         settings.update(model=model, resize=resize if resize is not None else f"none up to {DEFAULT_MAX_SIDE} px",
                         max_keypoints=max_keypoints, ratio=ratio, mutual=True)
@@ -131,29 +158,24 @@ def reconstruct(images, out, model: str = DEFAULT_MODEL, pairs: str = "exhaustiv
             argv += ["--resize", str(resize)]
         if conf:
             argv += ["--conf", *conf]
-        t = time.perf_counter()
-        extract_cmd.run(_subcommand_args(extract_cmd, argv))
-        times["extract"] = time.perf_counter() - t
-        t = time.perf_counter()
-        pair_list = select_pairs(names, pairs, pairs_n, features=features, seed=seed)
-        write_pairs(pairs_path, pair_list)
-        times["pairs"] = time.perf_counter() - t
-        t = time.perf_counter()
+        with clock("extract"):
+            extract_cmd.run(_subcommand_args(extract_cmd, argv))
+        with clock("pairs"):
+            pair_list = select_pairs(names, pairs, pairs_n, features=features, seed=seed)
+            write_pairs(pairs_path, pair_list)
         argv = ["match", str(features), "--pairs", str(pairs_path), "-o", str(matches)]
         if ratio is not None:
             argv += ["--ratio", str(ratio)]
-        match_cmd.run(_subcommand_args(match_cmd, argv))
-        times["match"] = time.perf_counter() - t
+        with clock("match"):
+            match_cmd.run(_subcommand_args(match_cmd, argv))
         settings["matcher"] = load_yaml(matches.with_name(matches.name + ".conf.yaml")).get("matcher")
-        t = time.perf_counter()
-        write_database(db_path, names, cameras, camera_index, features, matches, pair_list)
-        verified = verify_matches(db_path, pairs_path, seed=seed, num_threads=num_threads)
-        times["verify"] = time.perf_counter() - t
+        with clock("verify"):
+            write_database(db_path, names, cameras, camera_index, features, matches, pair_list)
+            verified = verify_matches(db_path, pairs_path, seed=seed, num_threads=num_threads)
         settings["verified_pairs"] = verified
-    t = time.perf_counter()
-    models = incremental_mapping(db_path, images, out / "models", seed=seed, num_threads=num_threads)
-    rec = largest_model(models)
-    times["mapping"] = time.perf_counter() - t
+    with clock("mapping"):
+        models = incremental_mapping(db_path, images, out / "models", seed=seed, num_threads=num_threads)
+        rec = largest_model(models)
     sparse = out / "sparse"
     shutil.rmtree(sparse, ignore_errors=True)
     if rec is not None:
@@ -163,7 +185,8 @@ def reconstruct(images, out, model: str = DEFAULT_MODEL, pairs: str = "exhaustiv
     registered = {rec.image(i).name for i in rec.reg_image_ids()} if rec is not None else set()
     label = images.parent.name if images.name == "images" else images.name  # SCENE/images -> SCENE
     report = {"title": f"{label} with {'COLMAP SIFT' if colmap else model}", "command": command,
-              "images_dir": str(images), "statistics": stats, "num_models": len(models), "times_s": times,
+              "images_dir": str(images), "statistics": stats, "num_models": len(models), "times_s": clock.wall,
+              "cpu_s": clock.cpu,
               "settings": settings, "unregistered": [n for n in names if n not in registered]}
     if rec is None:
         report["note"] = "No model: the mapper found no initial pair (too few verified matches)."

@@ -8,7 +8,6 @@ intrinsics; images are read by COLMAP's reader (which ignores EXIF orientation: 
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -16,20 +15,30 @@ from ..errors import ConfigError
 
 def colmap_features_and_matches(db_path, image_dir, names: list[str], cameras: list, camera_index: list[int],
                                 pairs_mode: str, n: int | None, pairs_path=None, num_threads: int = 1,
-                                seed: int = 0) -> dict:
-    """Write a COLMAP database with COLMAP's SIFT features and verified matches; returns {stage: seconds}."""
+                                seed: int = 0, clock=None) -> None:
+    """Write a COLMAP database with COLMAP's SIFT features and verified matches; ``clock`` (a
+    :class:`featlab.sfm.pipeline.StageClock`) times the stages ``extract`` and ``match+verify``."""
     from . import import_pycolmap
 
     pycolmap = import_pycolmap()
     db_path = Path(db_path)
     db_path.unlink(missing_ok=True)
-    times = {}
+    if clock is None:
+        from .pipeline import StageClock
+
+        clock = StageClock()
     db = pycolmap.Database.open(str(db_path))
     try:  # cameras first, by featlab's rule; the images then name them (existing_camera_id per group)
         camera_ids = [db.write_camera(cam) for cam in cameras]
     finally:
         db.close()
-    t = time.perf_counter()
+    with clock("extract"):
+        _extract(pycolmap, db_path, image_dir, names, camera_index, camera_ids, num_threads)
+    with clock("match+verify"):
+        _match(pycolmap, db_path, pairs_mode, pairs_path, num_threads, seed)
+
+
+def _extract(pycolmap, db_path, image_dir, names, camera_index, camera_ids, num_threads) -> None:
     ext = pycolmap.FeatureExtractionOptions()
     ext.num_threads = int(num_threads)
     ext.use_gpu = False
@@ -40,8 +49,9 @@ def colmap_features_and_matches(db_path, image_dir, names: list[str], cameras: l
         pycolmap.extract_features(str(db_path), str(image_dir), image_names=group,
                                   camera_mode=pycolmap.CameraMode.SINGLE, reader_options=reader,
                                   extraction_options=ext, device=pycolmap.Device.cpu)
-    times["extract"] = time.perf_counter() - t
-    t = time.perf_counter()
+
+
+def _match(pycolmap, db_path, pairs_mode, pairs_path, num_threads, seed) -> None:
     match = pycolmap.FeatureMatchingOptions()
     match.num_threads = int(num_threads)
     match.use_gpu = False
@@ -60,5 +70,3 @@ def colmap_features_and_matches(db_path, image_dir, names: list[str], cameras: l
                                    verification_options=verify, device=pycolmap.Device.cpu)
     else:
         raise ConfigError(f"unknown pairs mode '{pairs_mode}'")
-    times["match+verify"] = time.perf_counter() - t
-    return times

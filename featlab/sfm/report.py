@@ -13,7 +13,7 @@ def write_report(out_dir, report: dict) -> tuple[Path, Path]:
     """Write ``report.json`` and ``report.md`` into ``out_dir``.
 
     ``report`` holds ``command``, ``statistics`` (:func:`featlab.sfm.mapping.model_statistics`), ``times_s``
-    ({stage: seconds}), ``settings`` and optional ``unregistered`` (image names) and ``note``.
+    ({stage: wall-clock seconds}), optional ``cpu_s`` ({stage: CPU seconds}), ``settings`` and optional ``unregistered`` (image names) and ``note``.
     """
     out_dir = Path(out_dir)
     s = report["statistics"]
@@ -25,8 +25,13 @@ def write_report(out_dir, report: dict) -> tuple[Path, Path]:
             ["observations", s["observations"]], ["mean track length", fmt(s["mean_track_length"], 2)],
             ["mean reprojection error (px)", fmt(s["mean_reprojection_error_px"], 3)],
             ["models found (largest kept)", report.get("num_models", "-")]]
-    lines += [markdown_table(["", "value"], rows), "", "Time per stage (s, wall clock):", ""]
-    lines += [markdown_table(list(times) + ["total"], [[*times.values(), sum(times.values())]], digits=1), ""]
+    lines += [markdown_table(["", "value"], rows), "", "Time per stage (s; CPU = user + system of the process and "
+              "its children, all threads):", ""]
+    table = [["wall clock", *times.values(), sum(times.values())]]
+    if report.get("cpu_s"):
+        cpu = report["cpu_s"]
+        table.append(["CPU", *(cpu.get(k) for k in times), sum(cpu.values())])
+    lines += [markdown_table([""] + list(times) + ["total"], table, digits=1), ""]
     if report.get("unregistered"):
         lines += [f"Not registered: {', '.join(report['unregistered'])}", ""]
     if s.get("cameras"):
