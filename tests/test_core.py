@@ -214,6 +214,31 @@ class TestWeightsExport:
             check_export_name(bad, "caps-resnet18")
         check_export_name("caps-resnet18", "caps-resnet18")
 
+    def test_shipped_name_needs_its_handcrafted_g(self):
+        from types import SimpleNamespace
+
+        from featlab.training import hooks
+
+        check = hooks.export_name_check("pose-sift", handcrafted="rootsift")
+        sift_run = SimpleNamespace(handcrafted=SimpleNamespace(name="sift"))
+        check(sift_run, "my-pose-model")  # another name: any g
+        check(SimpleNamespace(handcrafted=SimpleNamespace(name="rootsift")), "pose-sift")
+        with pytest.raises(ConfigError, match="pose-sift uses handcrafted='rootsift', this run uses 'sift'"):
+            check(sift_run, "pose-sift")
+        with pytest.raises(ConfigError, match="plain file stem"):
+            check(sift_run, "a/b")
+
+    def test_path_flags_set_their_config_keys(self):
+        import argparse
+
+        from featlab.training import hooks
+
+        parser = argparse.ArgumentParser()
+        hooks.add_path_arguments(parser, ("data", "colmap", "val_data"))
+        args = parser.parse_args(["--data", "seq", "--colmap", "a", "--colmap", "b"])
+        user = hooks.apply_path_arguments({"data": {"gaps": [20]}}, args)
+        assert user == {"data": {"gaps": [20], "root": "seq", "colmap": ["a", "b"]}}  # no val.root: not given
+
     def test_copy_weights_copies_the_pair(self, tmp_path):
         from featlab.io.weights import copy_weights, load_weights, save_weights
 

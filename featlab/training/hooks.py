@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from ..errors import ConfigError
 from ..io import weights as weights_io
 from ..io.weights import check_export_name, copy_weights
 
@@ -45,10 +46,14 @@ def apply_path_arguments(user: dict, args) -> dict:
     return user
 
 
-def export_name_check(example: str) -> Callable:
-    """``check_export(conf, name)`` for a method whose only rule is a plain file stem (``example`` in the error)."""
+def export_name_check(example: str, handcrafted: str | None = None) -> Callable:
+    """``check_export(conf, name)``: the name must be a plain file stem (``example`` in the error); with
+    ``handcrafted``, exporting under the name ``example`` also needs ``conf.handcrafted.name == handcrafted``
+    (the shipped model of that name is defined with that g)."""
     def check_export(conf, name: str) -> None:
         check_export_name(name, example)
+        if handcrafted is not None and name == example and conf.handcrafted.name != handcrafted:
+            raise ConfigError(f"{example} uses handcrafted={handcrafted!r}, this run uses {conf.handcrafted.name!r}")
     return check_export
 
 

@@ -57,7 +57,7 @@ from ..losses.hardnet import hardest_in_batch_loss, infonce_loss
 from ..losses.selector import selector_loss
 from ..nn.selector import selector_features
 from ..rng import role_rng
-from . import loop
+from . import hooks, loop
 from .residual import add_arguments, apply_arguments, check_conf, homography_correspondences  # noqa: F401
 
 logger = logging.getLogger(__name__)
@@ -509,10 +509,7 @@ def build_task(conf) -> PatchResidualTask:
     return PatchResidualTask(conf)
 
 
-def check_export(conf, name: str) -> None:
-    check_export_name(name, "residual-sift")
-    if name == "residual-sift" and conf.handcrafted.name != "rootsift":
-        raise ConfigError(f"residual-sift uses handcrafted='rootsift', this run uses {conf.handcrafted.name!r}")
+check_export = hooks.export_name_check("residual-sift", handcrafted="rootsift")
 
 
 def export_weights(run_dir: str | Path, name: str, which: str = "best") -> Path:

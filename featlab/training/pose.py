@@ -58,7 +58,7 @@ from ..io.weights import SHIPPED_WEIGHTS_DIR, check_export_name, copy_weights, f
 from ..losses.epipolar_sparse import EpipolarSparseLoss
 from ..losses.epipolar_sparse import default_conf as loss_default_conf
 from ..rng import role_rng
-from . import loop
+from . import hooks, loop
 from .patch_residual import build_g, describe
 
 logger = logging.getLogger(__name__)
@@ -618,10 +618,7 @@ def build_task(conf) -> PoseTask:
     return PoseTask(conf)
 
 
-def check_export(conf, name: str) -> None:
-    check_export_name(name, "pose-sift")
-    if name == "pose-sift" and conf.handcrafted.name != "rootsift":
-        raise ConfigError(f"pose-sift uses handcrafted='rootsift', this run uses {conf.handcrafted.name!r}")
+check_export = hooks.export_name_check("pose-sift", handcrafted="rootsift")
 
 
 def export_weights(run_dir: str | Path, name: str, which: str = "best") -> Path:
