@@ -25,8 +25,8 @@ import torch.nn.functional as F
 
 from ..conf import none_or, to_container
 from ..errors import ConfigError, InputError
-from ..io.weights import (SHIPPED_WEIGHTS_DIR, load_state_strict, load_weights,  # noqa: F401
-                          resolve_weights_path, save_weights, sidecar_path)
+from ..io.weights import (SHIPPED_WEIGHTS_DIR, load_network, resolve_weights_path, save_weights,  # noqa: F401
+                          sidecar_path)
 from ..nn.fold import fold_batchnorm
 from ..nn.resunet import ResUNet, map_extent
 from ..pixels import sample_map
@@ -52,12 +52,7 @@ def load_caps_weights(path: str | Path) -> tuple[ResUNet, dict]:
     Raises:
         InputError: missing or corrupt weights or sidecar, or weights that do not fit the sidecar's network.
     """
-    state, meta = load_weights(path, FORMAT, "CAPS weights", f"train them with `{TRAIN_HINT}`")
-    try:
-        net = ResUNet(meta["model"])
-    except (ValueError, TypeError) as e:
-        raise InputError(f"{sidecar_path(path)} describes no valid network: {e}") from None
-    return load_state_strict(net, state, path), meta
+    return load_network(path, FORMAT, "CAPS weights", f"train them with `{TRAIN_HINT}`", ResUNet)
 
 
 # ------------------------------------------------------------------------------------------------ descriptors

@@ -22,8 +22,7 @@ import torch
 
 from ..conf import checked, none_or, to_container
 from ..errors import InputError
-from ..io.weights import (SHIPPED_WEIGHTS_DIR, load_state_strict, load_weights, resolve_weights_path, save_weights,
-                          sidecar_path)
+from ..io.weights import SHIPPED_WEIGHTS_DIR, load_network, resolve_weights_path, save_weights
 from ..nn.depthnet import DepthKPNet, pad_to_multiple, sample_proposals, valid_cells
 from ..pixels import from_opencv
 from .base import Extractor, register_extractor
@@ -46,12 +45,7 @@ def load_depthkp_weights(path: str | Path) -> tuple[DepthKPNet, dict]:
     Raises:
         InputError: missing or corrupt weights or sidecar, or weights that do not fit the sidecar's network.
     """
-    state, meta = load_weights(path, FORMAT, "depthkp weights", f"train them with `{TRAIN_HINT}`")
-    try:
-        net = DepthKPNet(meta["model"])
-    except (ValueError, TypeError) as e:
-        raise InputError(f"{sidecar_path(path)} describes no valid network: {e}") from None
-    return load_state_strict(net, state, path), meta
+    return load_network(path, FORMAT, "depthkp weights", f"train them with `{TRAIN_HINT}`", DepthKPNet)
 
 
 def resize_depth_nearest_torch(depth: torch.Tensor, size) -> torch.Tensor:

@@ -24,8 +24,7 @@ import torch.nn.functional as F
 
 from ..conf import none_or, to_container
 from ..errors import ConfigError, InputError
-from ..io.weights import (SHIPPED_WEIGHTS_DIR, load_state_strict, load_weights, resolve_weights_path,
-                          save_weights, sidecar_path)
+from ..io.weights import SHIPPED_WEIGHTS_DIR, load_network, resolve_weights_path, save_weights
 from ..nn.f2r import SCFeatNet
 from ..nn.resunet import map_extent
 from ..pixels import from_grid_indices, sample_map
@@ -50,12 +49,7 @@ def load_scfeat_weights(path: str | Path) -> tuple[SCFeatNet, dict]:
     Raises:
         InputError: missing or corrupt files, or weights that do not fit the sidecar's network.
     """
-    state, meta = load_weights(path, FORMAT, "SCFeat weights", TRAIN_HINT)
-    try:
-        net = SCFeatNet(meta["model"])
-    except (ValueError, TypeError, ConfigError) as e:
-        raise InputError(f"{sidecar_path(path)} describes no valid network: {e}") from None
-    return load_state_strict(net, state, path), meta
+    return load_network(path, FORMAT, "SCFeat weights", TRAIN_HINT, SCFeatNet)
 
 
 # ------------------------------------------------------------------------------------------- keypoint picking

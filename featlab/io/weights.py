@@ -121,6 +121,21 @@ def load_state_strict(module: torch.nn.Module, state: dict, path: str | Path) ->
     return module.eval()
 
 
+def load_network(path: str | Path, fmt: str, what: str, missing_hint: str, build) -> tuple[torch.nn.Module, dict]:
+    """Weights + sidecar of format ``fmt`` -> (``build(sidecar["model"])`` with the weights, in eval mode; sidecar).
+
+    Raises:
+        InputError: missing or corrupt weights or sidecar, a sidecar that describes no valid network, or weights
+        that do not fit it.
+    """
+    state, meta = load_weights(path, fmt, what, missing_hint)
+    try:
+        net = build(meta["model"])
+    except (ValueError, TypeError, ConfigError) as e:
+        raise InputError(f"{sidecar_path(path)} describes no valid network: {e}") from None
+    return load_state_strict(net, state, path), meta
+
+
 def check_export_name(name: str, example: str) -> None:
     """An export name must be a plain file stem (no folder, no leading dot, no .safetensors), e.g. ``example``.
 
