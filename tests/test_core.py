@@ -239,6 +239,25 @@ class TestWeightsExport:
         user = hooks.apply_path_arguments({"data": {"gaps": [20]}}, args)
         assert user == {"data": {"gaps": [20], "root": "seq", "colmap": ["a", "b"]}}  # no val.root: not given
 
+    def test_load_network_builds_from_the_sidecar_and_rejects_misfits(self, tmp_path):
+        from featlab.io.weights import load_network, save_weights
+
+        def build(model_conf):
+            if model_conf["out"] <= 0:
+                raise ValueError("out must be positive")
+            return torch.nn.Linear(2, model_conf["out"])
+
+        src = torch.nn.Linear(2, 3)
+        path = save_weights(src, tmp_path / "w.safetensors", {"format": "t/1", "model": {"out": 3}})
+        net, meta = load_network(path, "t/1", "test weights", "", build)
+        assert torch.equal(net.weight, src.weight) and not net.training and meta["model"] == {"out": 3}
+        bad = save_weights(src, tmp_path / "bad.safetensors", {"format": "t/1", "model": {"out": -1}})
+        with pytest.raises(InputError, match="describes no valid network: out must be positive"):
+            load_network(bad, "t/1", "test weights", "", build)
+        misfit = save_weights(src, tmp_path / "misfit.safetensors", {"format": "t/1", "model": {"out": 4}})
+        with pytest.raises(InputError, match="do not fit the network"):
+            load_network(misfit, "t/1", "test weights", "", build)
+
     def test_copy_weights_copies_the_pair(self, tmp_path):
         from featlab.io.weights import copy_weights, load_weights, save_weights
 
