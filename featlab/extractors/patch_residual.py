@@ -250,6 +250,8 @@ def load_patch_residual_weights(path: str | Path) -> tuple[PatchResidualNet, dic
 class PatchResidualDescriptor(Extractor):
     """g's keypoints; descriptor = normalise([a g, b h(oriented patch)]) (module docstring)."""
 
+    model_name = "residual-sift"  # in error messages; subclasses with other shipped weights set their own
+    train_hint = TRAIN_HINT
     default_conf = {
         "handcrafted": "rootsift",  # g: must be the one the weights were trained with (sidecar)
         "handcrafted_conf": none_or(dict),  # overrides of g's config (default: the config it was trained with)
@@ -261,11 +263,11 @@ class PatchResidualDescriptor(Extractor):
 
     def _init(self, conf):
         if not conf.weights:
-            raise ConfigError("residual-sift needs a 'weights' file (e.g. weights=run/best.safetensors)")
+            raise ConfigError(f"{self.model_name} needs a 'weights' file (e.g. weights=run/best.safetensors)")
         path = resolve_weights_path(conf.weights, WEIGHTS_DIR)
         if not path.is_file():
-            raise InputError(f"patch-residual weights not found: {path}"
-                             + (f"; train them with `{TRAIN_HINT}`" if path.parent == WEIGHTS_DIR else ""))
+            raise InputError(f"{self.model_name} weights not found: {path}"
+                             + (f"; train them with `{self.train_hint}`" if path.parent == WEIGHTS_DIR else ""))
         self.weights_path = path
         net, meta = load_patch_residual_weights(path)
         self.g = build_trained_g(meta, path, conf, net.conf.g_dim)

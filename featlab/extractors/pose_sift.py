@@ -9,10 +9,8 @@ Weights: ``featlab/weights/pose-sift.safetensors`` (+ ``.json``), or any file gi
 """
 from __future__ import annotations
 
-from ..errors import ConfigError, InputError
-from ..io.weights import resolve_weights_path
 from .base import register_extractor
-from .patch_residual import WEIGHTS_DIR, PatchResidualDescriptor
+from .patch_residual import PatchResidualDescriptor
 
 TRAIN_HINT = "bash scripts/reproduce_models.sh pose-sift (featlab train pose -o runs/pose-sift --export pose-sift)"
 
@@ -23,14 +21,8 @@ TRAIN_HINT = "bash scripts/reproduce_models.sh pose-sift (featlab train pose -o 
 class PoseSIFT(PatchResidualDescriptor):
     """:class:`PatchResidualDescriptor` with the pose-trained weights (module docstring)."""
 
-    def _init(self, conf):
-        if not conf.weights:
-            raise ConfigError("pose-sift needs a 'weights' file (e.g. weights=runs/pose-sift/best.safetensors)")
-        path = resolve_weights_path(conf.weights, WEIGHTS_DIR)
-        if not path.is_file():
-            raise InputError(f"pose-sift weights not found: {path}"
-                             + (f"; train them with `{TRAIN_HINT}`" if path.parent == WEIGHTS_DIR else ""))
-        super()._init(conf)
+    model_name = "pose-sift"
+    train_hint = TRAIN_HINT
 
 
 __all__ = ["PoseSIFT"]
