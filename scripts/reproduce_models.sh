@@ -3,7 +3,7 @@
 # usage: bash scripts/reproduce_models.sh [MODEL ...] [-- key=value ...]
 #   MODEL: residual-sift residual-sift-v1 residual-sift-joint residual-sift-nofusion residual-sift-small
 #          residual-rootsift-upright residual-surf caps-resnet18 depthkp pose-sift scfeat (default: every shipped model;
-#          pose-sift and scfeat are not shipped yet and run only when named)
+#          pose-sift runs only when named)
 #   key=value after `--`: overrides for every run (e.g. train.device=cuda, or train.max_steps=2 for a smoke test)
 # environment: FEATLAB_DATA data root (default ../shared/data: photos/{bsds500,sun_hays80}, rgbd/7scenes_redkitchen,
 #   posed/strecha/castle-P30); RUNS run folder (default runs/reproduce); EXPORT=0 trains without copying the weights
@@ -20,7 +20,7 @@ while [ $# -gt 0 ]; do
     MODELS+=("$1"); shift
 done
 SHIPPED=(residual-sift-nofusion residual-sift-v1 residual-sift-joint residual-sift-small residual-rootsift-upright
-         residual-surf caps-resnet18 residual-sift depthkp)
+         residual-surf caps-resnet18 residual-sift depthkp scfeat)
 [ ${#MODELS[@]} -gt 0 ] || MODELS=("${SHIPPED[@]}")
 export FEATLAB_DATA=${FEATLAB_DATA:-../shared/data}  # the data root that the configs' folders live in
 DATA=$FEATLAB_DATA
@@ -55,20 +55,23 @@ for m in "${MODELS[@]}"; do
         caps-resnet18) run "$m" train caps --data "$DATA/rgbd/7scenes_redkitchen" data.batch_size=6 \
                            data.num_workers=3 train.lr=1e-3 train.lr_decay_every=2500 train.val_every=250 \
                            train.checkpoint_every=250 val.num_pairs=30 train.max_steps=500 ;;
-        # RootSIFT + oriented-patch residual trained from camera poses only (configs/pose.yaml: 7-Scenes frames
-        # 0-349, select 360-399, and castle-P30's train/select views); not shipped yet (docs/MODELS.md)
-        pose-sift) run pose-sift train pose ;;
-        # two stages, each resumable; posed pairs of 7-Scenes frames 0-349 and castle-P30, selected on 360-399;
-        # not shipped yet (docs/MODELS.md)
+        # residual-sift (selector + RootSIFT + oriented-patch h) fine-tuned from camera poses only
+        # (configs/pose.yaml: 7-Scenes frames 0-349, select 360-399, and castle-P30's train/select views); 95 minutes
+        pose-sift) run pose-sift train pose --init residual-sift model.selector_hidden=64 train.max_minutes=95 \
+                       train.val_every=150 ;;
+        # two stages, each resumable; posed pairs of 7-Scenes frames 0-349 and castle-P30, selected on 360-399.
+        # The shipped run had wall-clock budgets (descriptor 50 min, detector 30 min, one core each on the 2-core
+        # machine beside other jobs) that ended at steps 888 and 1169; the step counts make it reproducible.
+        # Best checkpoints: descriptor step 800, detector step 300 (docs/MODELS.md)
         scfeat)
-            SC=(--data "$DATA/rgbd/7scenes_redkitchen" --colmap "$DATA/posed/strecha/castle-P30")
-            EXPORT=0 run scfeat-desc train scfeat "${SC[@]}" train.max_steps=100000
+            SC=(--data "$DATA/rgbd/7scenes_redkitchen" --colmap "$DATA/posed/strecha/castle-P30" data.num_workers=0)
+            EXPORT=0 run scfeat-desc train scfeat "${SC[@]}" train.max_steps=888 train.val_every=200
             run scfeat train scfeat "${SC[@]}" stage=detector init="$RUNS/scfeat-desc/best.safetensors" \
-                train.lr=1e-3 train.max_steps=1000 ;;
+                train.lr=1e-3 train.max_steps=1169 train.val_every=100 ;;
         # keypoints + descriptors learned on depth maps from poses only (configs/depthkp.yaml: 7-Scenes depth
         # frames 0-349 + two rendered synthetic rooms, selected on 360-399; 1500 steps, one thread, CPU only,
         # about 0.7-1.2 CPU-s per step: well under 2 CPU-hours)
         depthkp) run depthkp train depthkp --data "$DATA/rgbd/7scenes_redkitchen" ;;
-        *) echo "reproduce_models.sh: unknown model '$m' (known: ${SHIPPED[*]} pose-sift scfeat)" >&2; exit 2 ;;
+        *) echo "reproduce_models.sh: unknown model '$m' (known: ${SHIPPED[*]} pose-sift)" >&2; exit 2 ;;
     esac
 done

@@ -441,3 +441,23 @@ class TestTraining:
         bad = resolve_conf(default_conf, {"data": {"colmap": ["/x/posed/strecha/Herz-Jesus-P25"]}})
         with pytest.raises(ConfigError):
             check_conf(bad)
+
+
+def test_shipped_weights_load_and_describe():
+    """The shipped scfeat weights: both stages trained (sidecar), own keypoints inside the image with unit
+    descriptors, and scfeat-desc describing SIFT's keypoints with them."""
+    from featlab.extractors import build_extractor
+    from skimage import data as skdata
+
+    gray = torch.from_numpy(skdata.camera()[::2, ::2].copy()).float()[None, None] / 255.0  # 256 x 256
+    ext = build_extractor("scfeat", {"max_keypoints": 300})
+    assert ext.meta["format"] == "featlab-scfeat/1" and ext.meta["training"]["stage"] == "detector"
+    with torch.no_grad():
+        pred = ext({"image": gray})
+    kp = pred["keypoints"][0]
+    assert 0 < len(kp) <= 300 and (kp >= -0.5).all() and (kp <= 255.5).all()
+    assert torch.allclose(pred["descriptors"][0].norm(dim=-1), torch.ones(len(kp)), atol=1e-4)
+    desc = build_extractor("scfeat-desc", {"max_keypoints": 300})
+    with torch.no_grad():
+        pred = desc({"image": gray})
+    assert pred["descriptors"].shape[-1] == 128 and pred["keypoints"].shape[1] > 0
