@@ -423,6 +423,7 @@ def train(task: TrainingTask, conf, run_dir: str | Path, resume: bool = False, f
             writer.close()
     if main:
         task.save_weights(run_dir / "final.safetensors", {"step": step, "val": last_val})
+    distributed.barrier()  # every rank returns once rank 0 has written the run folder (a resume that follows finds it)
     return {"step": step, "world_size": dist.world_size, "device": str(device), "dtype": dtype,
             "channels_last": channels_last,
             "best_metric": conf.best_metric, "best_value": best["value"], "best_step": best["step"],
