@@ -230,3 +230,14 @@ def test_stage_clock_counts_cpu_work_and_not_waiting():
             pass
     assert clock.wall["wait"] >= 0.3 and clock.cpu["wait"] < 0.1
     assert clock.cpu["work"] >= 0.39 and clock.wall["work"] >= 0.39
+
+
+def test_learned_descriptors_are_matched_mutual_only_and_sift_family_with_the_ratio_test():
+    from featlab.extractors import available_extractors
+    from featlab.sfm.pipeline import SIFT_RATIO, default_ratio
+
+    names = set(available_extractors())
+    for model in ("disk", "aliked", "xfeat", "caps", "caps-sift", "scfeat", "scfeat-desc", "orb"):
+        assert model in names and default_ratio(model) is None, model
+    for model in ("sift", "rootsift", "residual-sift", "residual-sift-v1"):
+        assert default_ratio(model) == SIFT_RATIO, model

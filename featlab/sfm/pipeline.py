@@ -37,7 +37,8 @@ DEFAULT_MAX_KEYPOINTS = 8192
 #: Lowe's ratio for models with SIFT keypoints and descriptors built on SIFT (hloc's NN-ratio for SIFT); learned
 #: detectors-descriptors use mutual nearest neighbours only (hloc's NN-mutual for DISK, ALIKED)
 SIFT_RATIO = 0.8
-MUTUAL_ONLY_MODELS = ("disk", "aliked", "xfeat", "caps", "orb")
+# learned descriptors (and ORB) are matched mutual-only, as hloc's NN-mutual; SIFT-family models with the ratio test
+MUTUAL_ONLY_MODELS = ("disk", "aliked", "xfeat", "caps", "caps-sift", "scfeat", "scfeat-desc", "orb")
 
 
 def default_ratio(model: str) -> float | None:
