@@ -30,7 +30,8 @@ matches (MMA is a precision: without that guard a near-constant h wins by matchi
 model (so every saved weights file carries its fitted fusion; ties go to the smaller b, i.e. towards g).
 Metrics: ``mma@3`` (fused, fitted), ``g_mma@3`` (RootSIFT alone), ``h_mma@3`` (h alone), ``fusion_b`` (b with
 a^2 + b^2 = 1), the same per preset (``mma@3/hard``...), and the mean number of mutual matches and of correct
-ones of each (``matches``, ``correct@3``, ``g_matches``...). ``phi<deg>/mma@3`` and ``phi<deg>/correct@3``: every fusion tried. The best weights are selected by ``mma@3``.
+ones of each (``matches``, ``correct@3``, ``g_matches``...). ``phi<deg>/mma@3`` and ``phi<deg>/correct@3``:
+every fusion tried. The best weights are selected by ``mma@3``.
 """
 from __future__ import annotations
 
@@ -512,18 +513,20 @@ def build_task(conf) -> PatchResidualTask:
 check_export = hooks.export_name_check("residual-sift", handcrafted="rootsift")
 
 
-def export_weights(run_dir: str | Path, name: str, which: str = "best") -> Path:
+def export_weights(run_dir: str | Path, name: str, which: str = "best", shipped: str = "residual-sift") -> Path:
     """Copy ``RUN_DIR/<which>.safetensors`` (+ sidecar) to ``featlab/weights/<name>.safetensors`` (+ sidecar).
+
+    ``shipped``: the registered model whose name needs RootSIFT as g (``residual-sift``; ``pose-sift`` for
+    :mod:`featlab.training.pose`, whose weights have the same format).
 
     Raises:
         InputError: the run has no such weights or they cannot be loaded; ConfigError: a bad name.
     """
     src = Path(run_dir) / f"{which}.safetensors"
     _, meta = load_patch_residual_weights(src)  # validates the pair of files
-    check_export_name(name, "residual-sift")
-    if name == "residual-sift" and meta["handcrafted"]["name"] != "rootsift":
-        raise ConfigError(f"residual-sift uses handcrafted='rootsift', the weights use "
-                          f"{meta['handcrafted']['name']!r}")
+    check_export_name(name, shipped)
+    if name == shipped and meta["handcrafted"]["name"] != "rootsift":
+        raise ConfigError(f"{shipped} uses handcrafted='rootsift', the weights use {meta['handcrafted']['name']!r}")
     return copy_weights(src, WEIGHTS_DIR / f"{name}.safetensors")
 
 

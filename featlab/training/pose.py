@@ -54,11 +54,12 @@ from ..datasets import homographies, splits
 from ..errors import ConfigError, InputError
 from ..extractors.patch_residual import (PatchResidualNet, extract_patches, fusion_from_angle,
                                          load_patch_residual_weights, save_patch_residual_weights)
-from ..io.weights import SHIPPED_WEIGHTS_DIR, check_export_name, copy_weights, file_sha256, resolve_weights_path
+from ..io.weights import SHIPPED_WEIGHTS_DIR, file_sha256, resolve_weights_path
 from ..losses.epipolar_sparse import EpipolarSparseLoss
 from ..losses.epipolar_sparse import default_conf as loss_default_conf
 from ..rng import role_rng
 from . import hooks, loop
+from . import patch_residual
 from .patch_residual import build_g, describe
 
 logger = logging.getLogger(__name__)
@@ -622,13 +623,9 @@ check_export = hooks.export_name_check("pose-sift", handcrafted="rootsift")
 
 
 def export_weights(run_dir: str | Path, name: str, which: str = "best") -> Path:
-    """Copy ``RUN_DIR/<which>.safetensors`` (+ sidecar) to ``featlab/weights/<name>.safetensors`` (+ sidecar)."""
-    src = Path(run_dir) / f"{which}.safetensors"
-    _, meta = load_patch_residual_weights(src)
-    check_export_name(name, "pose-sift")
-    if name == "pose-sift" and meta["handcrafted"]["name"] != "rootsift":
-        raise ConfigError(f"pose-sift uses handcrafted='rootsift', the weights use {meta['handcrafted']['name']!r}")
-    return copy_weights(src, WEIGHTS_DIR / f"{name}.safetensors")
+    """Copy ``RUN_DIR/<which>.safetensors`` (+ sidecar) to ``featlab/weights/<name>.safetensors`` (+ sidecar);
+    exporting as ``pose-sift`` needs RootSIFT as g (the patch-residual exporter)."""
+    return patch_residual.export_weights(run_dir, name, which, shipped="pose-sift")
 
 
 def heldout_markdown(report: dict) -> str:
