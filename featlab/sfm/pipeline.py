@@ -150,7 +150,7 @@ def reconstruct(images, out, model: str = DEFAULT_MODEL, pairs: str = "exhaustiv
         if pairs != "exhaustive":
             write_pairs(pairs_path, select_pairs(names, pairs, pairs_n))
         colmap_features_and_matches(db_path, images, names, cameras, camera_index, pairs, pairs_n, pairs_path,
-                                    num_threads=num_threads, seed=seed, clock=clock)
+                                    num_threads, clock, seed=seed)
     else:
         settings.update(model=model, resize=resize if resize is not None else f"none up to {DEFAULT_MAX_SIDE} px",
                         max_keypoints=max_keypoints, ratio=ratio, mutual=True)

@@ -14,8 +14,8 @@ from ..errors import ConfigError
 
 
 def colmap_features_and_matches(db_path, image_dir, names: list[str], cameras: list, camera_index: list[int],
-                                pairs_mode: str, n: int | None, pairs_path=None, num_threads: int = 1,
-                                seed: int = 0, clock=None) -> None:
+                                pairs_mode: str, n: int | None, pairs_path, num_threads: int,
+                                clock, seed: int = 0) -> None:
     """Write a COLMAP database with COLMAP's SIFT features and verified matches; ``clock`` (a
     :class:`featlab.sfm.pipeline.StageClock`) times the stages ``extract`` and ``match+verify``."""
     from . import import_pycolmap
@@ -23,10 +23,6 @@ def colmap_features_and_matches(db_path, image_dir, names: list[str], cameras: l
     pycolmap = import_pycolmap()
     db_path = Path(db_path)
     db_path.unlink(missing_ok=True)
-    if clock is None:
-        from .pipeline import StageClock
-
-        clock = StageClock()
     db = pycolmap.Database.open(str(db_path))
     try:  # cameras first, by featlab's rule; the images then name them (existing_camera_id per group)
         camera_ids = [db.write_camera(cam) for cam in cameras]

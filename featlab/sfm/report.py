@@ -13,7 +13,8 @@ def write_report(out_dir, report: dict) -> tuple[Path, Path]:
     """Write ``report.json`` and ``report.md`` into ``out_dir``.
 
     ``report`` holds ``command``, ``statistics`` (:func:`featlab.sfm.mapping.model_statistics`), ``times_s``
-    ({stage: wall-clock seconds}), optional ``cpu_s`` ({stage: CPU seconds}), ``settings`` and optional ``unregistered`` (image names) and ``note``.
+    ({stage: wall-clock seconds}), optional ``cpu_s`` ({stage: CPU seconds}), ``settings`` and optional
+    ``unregistered`` (image names) and ``note``.
     """
     out_dir = Path(out_dir)
     s = report["statistics"]

@@ -8,7 +8,8 @@ Run folder layout::
 
     RUN_DIR/config.yaml               resolved config (written by the CLI)
     RUN_DIR/checkpoints/last.pt       model + optimiser + step + RNG states + config + best-so-far (atomic)
-    RUN_DIR/metrics.jsonl             one JSON record per log / validation: step, time (wall s), cpu_time (process CPU s), train_time, loss, ...
+    RUN_DIR/metrics.jsonl             one JSON record per log / validation: step, time (wall s), cpu_time
+                                      (process CPU s), train_time, loss, ...
     RUN_DIR/tensorboard/              TensorBoard event files
     RUN_DIR/best.safetensors (+.json) best weights by ``best_metric`` (written by the task)
     RUN_DIR/final.safetensors (+.json) weights at the last step
@@ -399,8 +400,8 @@ def train(task: TrainingTask, conf, run_dir: str | Path, resume: bool = False, f
             if step % conf.log_every == 0 or step == conf.max_steps:
                 means = distributed.mean_over_ranks({k: float(np.mean(v)) for k, v in window.items()})
                 if main:
-                    log.write({"kind": "train", "step": step, "time": now(), "cpu_time": cpu(), "train_time": train_time, **world,
-                               **means, "skipped": skipped})
+                    log.write({"kind": "train", "step": step, "time": now(), "cpu_time": cpu(),
+                               "train_time": train_time, **world, **means, "skipped": skipped})
                     for k, v in means.items():
                         writer.add_scalar(f"train/{k}", v, step)
                 window = {}
