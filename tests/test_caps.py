@@ -411,6 +411,41 @@ class TestTraining:
         assert main(["train", "caps", "-o", str(tmp_path / "nodata")]) == 2  # no --data: one-line error
 
 
+    def test_cli_train_on_colmap_and_synthetic_rooms(self, tmp_path):
+        """`featlab train caps --colmap PROJECT data.synthetic.scenes=1`: posed COLMAP views and a rendered room,
+        no sequence; the room's pairs are labelled synthetic; Herz-Jesus-P25 is refused as training data."""
+        from scenes import write_colmap_text
+
+        from featlab.cli import main
+        from featlab.conf import resolve_conf
+        from featlab.datasets.render import render_collection
+        from featlab.training.caps import default_conf, training_pairs
+
+        room = write_colmap_text(render_collection({"seed": 5, "num_frames": 6, "image_size": [96, 128]}),
+                                 tmp_path / "room")
+        conf = resolve_conf(default_conf, {"data": {"colmap": [str(room)], "colmap_repeat": 2, "image_size": [96, 128],
+                                                    "synthetic": {"scenes": 1, "frames": 8, "min_gap": 1,
+                                                                  "max_gap": 2}}})
+        pairs = training_pairs(conf)
+        items = [pairs[k] for k in range(len(pairs))]
+        colmap_items = [it for it in items if not it.get("synthetic")]
+        rendered = [it for it in items if it.get("synthetic")]
+        assert colmap_items and rendered and all(it["name"].startswith("synthetic:") for it in rendered)
+        assert len(colmap_items) % 2 == 0  # each COLMAP pair twice
+        assert all(it["image0"].shape == (96, 128, 3) and np.allclose(it["T_0to1"][3], [0, 0, 0, 1]) for it in items)
+        run = tmp_path / "run"
+        args = ["train", "caps", "--colmap", str(room), "-o", str(run), "model.depth=18", "model.widths=[16,32,64]",
+                "model.stem_width=16", "model.coarse_dim=16", "model.fine_dim=16", "data.image_size=[96,128]",
+                "data.num_queries=32", "data.num_workers=0", "data.synthetic.scenes=1", "data.synthetic.frames=8",
+                "data.synthetic.min_gap=1", "data.synthetic.max_gap=2", "val.num_pairs=0", "train.max_steps=2",
+                "train.progress=false", "train.dtype=float32"]
+        assert main(args) == 0 and (run / "final.safetensors").is_file()
+        hj = tmp_path / "posed" / "strecha" / "Herz-Jesus-P25"
+        hj.parent.mkdir(parents=True)
+        room.rename(hj)
+        assert main(args[:3] + [str(hj)] + ["-o", str(tmp_path / "hj")] + args[5:]) == 2
+
+
 # ------------------------------------------------------------------------------------------------ extractor
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory):

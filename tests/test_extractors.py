@@ -128,6 +128,45 @@ def test_sift_detects_blobs_at_their_featlab_centre(precise_upscale):
         assert err < 0.1, f"blob at {c} detected {err:.3f} px away"
 
 
+def test_dominant_orientation_follows_the_gradient_and_the_image_rotation():
+    """OpenCV's angle convention: a ramp rising to the right has angle 0, one rising downwards 90 (y up, angle =
+    360 - direction); rotating the image by 90 degrees turns the orientation by 90."""
+    from featlab.extractors.handcrafted import dominant_orientations
+
+    ramp = np.tile(np.arange(64, dtype=np.float32), (64, 1)) * 3
+    centre = np.array([[32.0, 32.0]])
+    assert dominant_orientations(ramp, centre, 4.0)[0] == pytest.approx(0.0, abs=0.5)
+    assert dominant_orientations(ramp.T.copy(), centre, 4.0)[0] == pytest.approx(90.0, abs=0.5)
+    gray = skdata.camera()[::2, ::2].copy()  # 256 x 256
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(40, 216, (50, 2))
+    rot = np.rot90(gray).copy()  # counter-clockwise: featlab (x, y) -> (y, W - x)
+    pts_rot = np.c_[pts[:, 1], 256 - pts[:, 0]]
+    a, b = dominant_orientations(gray, pts, 6.0), dominant_orientations(rot, pts_rot, 6.0)
+    diff = (b - a + 180) % 360 - 180
+    assert np.median(np.abs(np.abs(diff) - 90)) < 3.0
+
+
+def test_sift_describe_at_points_is_rotation_invariant_with_dominant_orientation():
+    """RootSIFT at arbitrary points (a learned detector's): with the dominant orientation, descriptors of a point and
+    of its image under a 90-degree rotation agree; upright ones do not; points and input order are kept."""
+    ext = build_extractor("rootsift", {"max_keypoints": -1})
+    gray = skdata.camera()[::2, ::2].copy()
+    rng = np.random.default_rng(1)
+    pts = rng.uniform(40, 216, (60, 2)).astype(np.float32)
+    rot = np.rot90(gray).copy()
+    pts_rot = np.c_[pts[:, 1], 256 - pts[:, 0]].astype(np.float32)
+    d0, d1 = ext.describe(gray, pts, 6.0), ext.describe(rot, pts_rot, 6.0)
+    assert d0.shape == (60, 128) and np.allclose(np.linalg.norm(d0, axis=1), 1, atol=1e-5)
+    oriented = np.median((d0 * d1).sum(1))
+    upright = np.median((ext.describe(gray, pts, 6.0, np.zeros(60)) * ext.describe(rot, pts_rot, 6.0, np.zeros(60)))
+                        .sum(1))
+    assert oriented > 0.9 and upright < oriented - 0.1
+    # one point described alone equals its row in the batch (order kept, no point dropped or re-ordered)
+    assert np.allclose(ext.describe(gray, pts[7:8], 6.0), d0[7:8], atol=1e-6)
+    assert ext.describe(gray, np.zeros((0, 2)), 6.0).shape == (0, 128)
+
+
 def test_orb_keypoints_mirror_exactly_at_every_level(astronaut):
     # on a mirrored image, a keypoint at x must come back at W - x; OpenCV's kp.pt + 0.5 misses this by up to
     # ~2.5 px on coarse pyramid levels (their sizes are rounded), the level-aware conversion is exact

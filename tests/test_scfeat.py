@@ -428,6 +428,44 @@ class TestTraining:
         meta = json.loads((tmp_path / "det" / "final.json").read_text())
         assert meta["training"]["stage"] == "detector" and meta["model"]["extract_from"] == "local"
 
+    def test_detector_for_a_handcrafted_descriptor(self, small_scene, tmp_path):
+        """detector.descriptor=rootsift: the detector stage trains with RootSIFT describing its keypoints, only the
+        detector changes, validation reports RootSIFT at SIFT's keypoints as desc_auc, and the exported weights
+        extract RootSIFT (at the recorded size, dominant orientation) at the learned keypoints."""
+        from featlab.extractors.scfeat import SCFeat, describe_handcrafted, save_scfeat_weights
+        from featlab.training import loop
+        from featlab.training.scfeat import SCFeatTask
+
+        pairs, val = PlanePairs(small_scene, [(0, 2), (1, 3)]), PlanePairs(small_scene, [(2, 4)])
+        torch.manual_seed(0)
+        init = save_scfeat_weights(SCFeatNet(TINY), tmp_path / "desc.safetensors")
+        with pytest.raises(ConfigError):  # the descriptor stage trains SCFeat's own descriptor
+            SCFeatTask(self.conf(detector={"descriptor": "rootsift"}), train_pairs=pairs, val_pairs=None)
+        with pytest.raises(ConfigError):
+            SCFeatTask(self.conf(stage="detector", init=str(init), detector={"descriptor": "surf"}),
+                       train_pairs=pairs, val_pairs=None)
+        conf = self.conf(stage="detector", init=str(init), detector={"descriptor": "rootsift", "keypoint_size": 5.0})
+        conf["train"]["max_steps"] = 1
+        task = SCFeatTask(conf, train_pairs=pairs, val_pairs=val)
+        before = {k: v.clone() for k, v in task.model.state_dict().items()}
+        loop.train(task, task.conf.train, tmp_path / "det")
+        changed = {k for k, v in task.model.state_dict().items() if not torch.equal(before[k], v)}
+        assert changed and all(k.startswith("detector.") for k in changed)
+        rec = loop.read_metrics(tmp_path / "det" / "metrics.jsonl")
+        assert np.isfinite([r["loss"] for r in rec if r["kind"] == "train"]).all()
+        assert {"val/auc@10", "val/desc_auc@10", "val/sift_auc@10"} <= set(rec[-1])
+        meta = json.loads((tmp_path / "det" / "final.json").read_text())
+        assert meta["detector"]["descriptor"] == "rootsift" and meta["detector"]["keypoint_size"] == 5.0
+        ext = SCFeat({"weights": str(tmp_path / "det" / "final.safetensors"), "max_keypoints": 50})
+        img = torch.rand(1, 3, 48, 64)
+        pred = ext({"image": img})
+        kp = pred["keypoints"][0]
+        assert ext.descriptor_dim == 128 and pred["descriptors"].shape == (1, len(kp), 128)
+        assert torch.allclose(pred["descriptors"][0], describe_handcrafted(ext.describer, img[0], kp, 5.0))
+        own = SCFeat({"weights": str(tmp_path / "det" / "final.safetensors"), "max_keypoints": 50,
+                      "descriptor": "scfeat"})
+        assert own({"image": img})["descriptors"].shape[-1] == 16
+
     def test_detector_stage_needs_init_and_guard(self, small_scene):
         scene = small_scene
         from featlab.training.scfeat import SCFeatTask, check_conf

@@ -10,11 +10,11 @@ import torch
 
 from ..conf import checked
 from ..io.image import rgb_to_gray
-from ..pixels import from_opencv
+from ..pixels import from_opencv, to_opencv
 from .base import Extractor, register_extractor, stack_padded, top_k_keypoints
 
 
-def _to_gray_uint8(image: torch.Tensor) -> list[np.ndarray]:
+def to_gray_uint8(image: torch.Tensor) -> list[np.ndarray]:
     gray = rgb_to_gray(image.float())
     return [(g[0].clamp(0, 1) * 255).round().byte().cpu().numpy() for g in gray]
 
@@ -44,13 +44,62 @@ def _best_described(kps: tuple, desc: np.ndarray, k: int | None) -> tuple[list, 
     return [kps[i] for i in order], desc[order]
 
 
+def dominant_orientations(gray: np.ndarray, keypoints: np.ndarray, size: float, bins: int = 36) -> np.ndarray:
+    """SIFT's orientation assignment at given points and one scale: the peak of a histogram of gradient directions.
+
+    As OpenCV's SIFT (``calcOrientationHist``) at ``kp.size = size``: scale ``s = size / 2``, the image blurred by
+    ``s`` (the scale's Gaussian layer, approximately), gradients by central differences, directions measured with
+    y up, weighted by magnitude and a Gaussian of sigma ``1.5 s`` inside radius ``round(4.5 s)``; ``bins`` bins,
+    smoothed ([1, 4, 6, 4, 1] / 16, circular), the highest peak refined by a parabola. One orientation per point.
+
+    Args:
+        gray: (H, W) uint8 or float image; keypoints: (N, 2) featlab pixels; size: OpenCV keypoint size (px).
+    Returns:
+        (N,) float32 ``kp.angle`` values in degrees, OpenCV's convention (``360 - direction``, in [0, 360)), ready
+        for :meth:`SIFT.describe`.
+    """
+    keypoints = np.asarray(keypoints, np.float64).reshape(-1, 2)
+    if len(keypoints) == 0:
+        return np.zeros(0, np.float32)
+    scale = 0.5 * float(size)
+    img = cv2.GaussianBlur(np.asarray(gray, np.float32), (0, 0), max(scale, 0.5))
+    h, w = img.shape
+    padded = np.pad(img, 1, mode="edge")
+    dx = padded[1:-1, 2:] - padded[1:-1, :-2]
+    dy = padded[:-2, 1:-1] - padded[2:, 1:-1]  # y up, as OpenCV
+    mag, ori = np.hypot(dx, dy), np.degrees(np.arctan2(dy, dx)) % 360.0
+    radius = max(int(round(4.5 * scale)), 1)
+    off = np.arange(-radius, radius + 1)
+    oy, ox = np.meshgrid(off, off, indexing="ij")
+    weight = np.exp(-(ox ** 2 + oy ** 2) / (2 * (1.5 * scale) ** 2)).ravel()
+    centre = np.round(to_opencv(keypoints)).astype(np.int64)  # the nearest pixel (array indices)
+    cols = centre[:, :1] + ox.ravel()[None]
+    rows = centre[:, 1:] + oy.ravel()[None]
+    inside = (cols >= 0) & (cols < w) & (rows >= 0) & (rows < h)
+    cols, rows = cols.clip(0, w - 1), rows.clip(0, h - 1)
+    votes = mag[rows, cols] * weight[None] * inside
+    which = (ori[rows, cols] * bins / 360.0).astype(np.int64) % bins
+    hist = np.zeros((len(keypoints), bins))
+    np.add.at(hist, (np.arange(len(keypoints))[:, None].repeat(which.shape[1], 1), which), votes)
+    kernel = np.array([1, 4, 6, 4, 1], np.float64) / 16.0
+    hist = sum(kernel[k] * np.roll(hist, k - 2, axis=1) for k in range(5))
+    peak = hist.argmax(1)
+    n = np.arange(len(hist))
+    left, mid, right = hist[n, (peak - 1) % bins], hist[n, peak], hist[n, (peak + 1) % bins]
+    denom = left - 2 * mid + right
+    shift = np.where(np.abs(denom) > 1e-12, 0.5 * (left - right) / np.where(denom == 0, 1, denom), 0.0)
+    direction = ((peak + shift) * 360.0 / bins) % 360.0
+    angle = (360.0 - direction) % 360.0
+    return angle.astype(np.float32)
+
+
 class OpenCVExtractor(Extractor):
     """Shared batch loop of the OpenCV extractors: subclasses implement ``detect_and_describe(gray uint8)`` ->
     (keypoints (N, 2) featlab px, scores (N,), descriptors (N, D), scales (N,), orientations (N,) degrees)."""
 
     def _forward(self, data):
         items = []
-        for gray in _to_gray_uint8(data["image"]):
+        for gray in to_gray_uint8(data["image"]):
             pts, scores, desc, scales, angles = self.detect_and_describe(gray)
             kp, sc, de, sz, an = top_k_keypoints(torch.from_numpy(pts), torch.from_numpy(scores),
                                                  torch.from_numpy(desc), torch.from_numpy(scales),
@@ -104,6 +153,37 @@ class SIFT(OpenCVExtractor):
     def descriptor_dim(self) -> int:
         return 128
 
+    def _normalise(self, desc: np.ndarray) -> np.ndarray:
+        desc = desc.astype(np.float32)
+        if self.conf.root:
+            return rootsift(desc)
+        return desc / (np.linalg.norm(desc, axis=1, keepdims=True) + 1e-8)
+
+    def describe(self, gray: np.ndarray, keypoints: np.ndarray, size: float, angles: np.ndarray | None = None):
+        """(Root)SIFT descriptors of this extractor at given points, one size, given orientations.
+
+        For keypoints that did not come from SIFT's detector (a learned detector's). Args: ``gray`` (H, W) uint8;
+        ``keypoints`` (N, 2) featlab pixels; ``size`` the OpenCV keypoint size (px) of all points; ``angles``
+        (N,) OpenCV ``kp.angle`` degrees (None: :func:`dominant_orientations`; 0 when the extractor is upright).
+        Returns (N, 128) float32, the normalisation of this extractor (RootSIFT or L2), in the input order.
+
+        The points are handed to OpenCV in octave 0 (no 2x upsampling), where ``kp.pt`` is
+        :func:`pixels.to_opencv` exactly (the 0.25 px bias of the class doc belongs to the upsampled octave -1).
+        """
+        keypoints = np.asarray(keypoints, np.float32).reshape(-1, 2)
+        if len(keypoints) == 0:
+            return np.zeros((0, 128), np.float32)
+        if angles is None:
+            angles = np.zeros(len(keypoints), np.float32) if self.conf.upright else \
+                dominant_orientations(gray, keypoints, size)
+        pts = to_opencv(keypoints)
+        kps = [cv2.KeyPoint(float(x), float(y), float(size), float(a), 0.0, 0)
+               for (x, y), a in zip(pts, np.asarray(angles, np.float32))]
+        out, desc = self._sift.compute(gray, kps)
+        if desc is None or len(out) != len(kps):
+            raise RuntimeError(f"OpenCV SIFT described {0 if desc is None else len(out)} of {len(kps)} points")
+        return self._normalise(desc)
+
     def detect_and_describe(self, gray: np.ndarray):
         """One uint8 gray image -> (keypoints (N, 2) featlab px, scores (N,), descriptors (N, 128), scales (N,),
         orientations (N,) in degrees)."""
@@ -135,12 +215,7 @@ class SIFT(OpenCVExtractor):
         scores = np.array([kp.response for kp in kps], dtype=np.float32)
         scales = np.array([kp.size for kp in kps], dtype=np.float32)
         angles = np.array([kp.angle for kp in kps], dtype=np.float32)
-        desc = desc.astype(np.float32)
-        if self.conf.root:
-            desc = rootsift(desc)
-        else:
-            desc = desc / (np.linalg.norm(desc, axis=1, keepdims=True) + 1e-8)
-        return pts, scores, desc, scales, angles
+        return pts, scores, self._normalise(desc), scales, angles
 
 
 

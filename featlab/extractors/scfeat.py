@@ -12,6 +12,11 @@ Registered extractors:
 - ``scfeat-desc``: descriptors of the same network at the keypoints of another extractor (conf ``detector``,
   default ``sift``): to compare learned keypoints with SIFT's for one descriptor.
 
+The detector is decoupled from the descriptor: a detector stage trained with a handcrafted descriptor
+(``detector.descriptor: rootsift`` or ``sift`` in its config, recorded in the weights' sidecar) describes its
+keypoints with that descriptor at one size (``detector.keypoint_size``, OpenCV keypoint size in pixels) and SIFT's
+dominant orientation (:func:`describe_handcrafted`), in training and in extraction alike.
+
 Weights: ``weights`` is a ``.safetensors`` path or the name of a file in ``featlab/weights/``, with a JSON sidecar
 holding the network config (:func:`save_scfeat_weights`).
 """
@@ -29,6 +34,7 @@ from ..nn.f2r import SCFeatNet
 from ..nn.resunet import map_extent
 from ..pixels import from_grid_indices, sample_map
 from .base import Extractor, build_extractor, register_extractor, stack_padded
+from .handcrafted import to_gray_uint8
 
 WEIGHTS_DIR = SHIPPED_WEIGHTS_DIR
 DEFAULT_WEIGHTS = "scfeat"
@@ -110,6 +116,27 @@ def detect_keypoints(scores: torch.Tensor, max_keypoints: int = 8000, nms_radius
     return kp, vals.float()
 
 
+# --------------------------------------------------------------------------------- descriptors of the keypoints
+DESCRIPTORS = ("scfeat", "sift", "rootsift")  # what describes the detector's keypoints (detector.descriptor)
+
+
+def handcrafted_describer(name: str):
+    """The SIFT extractor that describes a detector's keypoints for ``detector.descriptor`` = ``name``; None for
+    ``scfeat`` (the network's own descriptor map)."""
+    if name not in DESCRIPTORS:
+        raise ConfigError(f"detector.descriptor must be one of {', '.join(DESCRIPTORS)}, got {name!r}")
+    return None if name == "scfeat" else build_extractor(name, {"max_keypoints": -1})
+
+
+def describe_handcrafted(describer, image: torch.Tensor, keypoints: torch.Tensor, size: float) -> torch.Tensor:
+    """Descriptors of ``describer`` (:func:`handcrafted_describer`) at (N, 2) featlab-pixel keypoints of one
+    (C, H, W) image in [0, 1]: one OpenCV keypoint size ``size``, SIFT's dominant orientation -> (N, 128) on the
+    keypoints' device."""
+    gray = to_gray_uint8(image[None])[0]
+    desc = describer.describe(gray, keypoints.detach().cpu().numpy(), float(size))
+    return torch.from_numpy(desc).to(keypoints.device)
+
+
 # ------------------------------------------------------------------------------------------------- extractor
 def _load_net(weights: str) -> tuple[SCFeatNet, dict, Path]:
     path = resolve_weights_path(weights, WEIGHTS_DIR)
@@ -134,6 +161,10 @@ class SCFeat(Extractor):
         "border": 4,  # drop keypoints closer than this (pixels) to the image edge
         "subpixel": True,  # 3x3 score-weighted refinement
         "extract_from": none_or(str),  # local | desc: override the weights' model.extract_from
+        "descriptor": none_or(str),  # scfeat | sift | rootsift; null: the one the detector was trained with
+        # (sidecar detector.descriptor, scfeat when absent)
+        "keypoint_size": none_or(float),  # OpenCV keypoint size (px) of a handcrafted descriptor; null: the
+        # training's detector.keypoint_size
     }
 
     def _init(self, conf):
@@ -142,11 +173,18 @@ class SCFeat(Extractor):
             if conf.extract_from not in ("local", "desc"):
                 raise ConfigError(f"scfeat.extract_from must be local or desc, got {conf.extract_from!r}")
             net.conf["extract_from"] = conf.extract_from
+        trained = meta.get("detector") or {}
+        self.descriptor = conf.descriptor or trained.get("descriptor", "scfeat")
+        self.describer = handcrafted_describer(self.descriptor)
+        self.keypoint_size = float(conf.keypoint_size if conf.keypoint_size is not None
+                                   else trained.get("keypoint_size", 4.0))
+        if self.keypoint_size <= 0:
+            raise ConfigError(f"scfeat.keypoint_size must be > 0, got {self.keypoint_size}")
         self.net, self.meta, self.weights_path = net, meta, path
 
     @property
     def descriptor_dim(self) -> int:
-        return self.net.descriptor_dim
+        return 128 if self.describer is not None else self.net.descriptor_dim
 
     @torch.no_grad()
     def _forward(self, data):
@@ -159,7 +197,10 @@ class SCFeat(Extractor):
             kp, sc = detect_keypoints(out["scores"][b, 0], int(self.conf.max_keypoints), int(self.conf.nms_radius),
                                       float(self.conf.score_threshold), int(self.conf.border),
                                       bool(self.conf.subpixel))
-            desc = sample_map(dmap[b:b + 1], kp[None], map_extent(*size), normalize=True)[0]
+            if self.describer is not None:
+                desc = describe_handcrafted(self.describer, image[b], kp, self.keypoint_size)
+            else:
+                desc = sample_map(dmap[b:b + 1], kp[None], map_extent(*size), normalize=True)[0]
             items.append({"keypoints": kp, "keypoint_scores": sc, "descriptors": desc})
         return stack_padded(items)
 
@@ -201,4 +242,4 @@ class SCFeatDescriptors(Extractor):
 
 
 __all__ = ["SCFeat", "SCFeatDescriptors", "save_scfeat_weights", "load_scfeat_weights", "nms_mask",
-           "refine_subpixel", "detect_keypoints"]
+           "refine_subpixel", "detect_keypoints", "DESCRIPTORS", "handcrafted_describer", "describe_handcrafted"]

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..conf import deep_update, none_or, resolve_conf, to_container
+from ..conf import checked, deep_update, none_or, resolve_conf, to_container
 from ..datasets import homographies, splits
 from ..datasets import rgbd as rgbd_module
 from ..datasets.posed import resize_view
@@ -68,6 +68,21 @@ default_conf = {
         "min_covisibility": 0.3,  # depth-checked overlap of a pair (used only to select pairs)
         "max_pairs_per_gap": none_or(int),  # cap on pairs per gap; null: every candidate that passes
         "max_rotation": 80.0,  # degrees; pairs with a larger relative rotation are dropped
+        "colmap": [],  # COLMAP project folders (images/ + sparse/) with posed images, e.g. Strecha castle-P30 (CLI
+        # --colmap); Herz-Jesus-P25 is evaluation only
+        "colmap_pairs": {"min_gap": 1, "max_gap": 2, "max_rotation": 40.0, "covisibility": "none"},  # pair sampler
+        # of the COLMAP models (featlab.datasets.posed.PairSampler keys; Strecha: ~10 degrees per index step)
+        "colmap_repeat": 3,  # each COLMAP pair appears this many times per epoch (few pairs next to a sequence's)
+        "synthetic": {  # rendered rooms with boxes (featlab.datasets.render): SYNTHETIC, exact poses
+            "scenes": checked(0, ge=0),  # rooms; 0: none
+            "frames": checked(60, ge=2),  # views per room (a smooth trajectory, 3 degrees a frame)
+            "seed": checked(2000, ge=0),  # room s uses render seed seed + s (depthkp's rooms start at 1000)
+            "min_gap": checked(3, ge=1),  # frame gaps of the pairs: min_gap..max_gap
+            "max_gap": checked(10, ge=1),
+            "max_rotation": checked(40.0, ge=0, le=180),  # degrees
+            "min_covisibility": checked(0.3, ge=0, le=1),  # depth-checked, both directions
+            "render": none_or(dict),  # more featlab.datasets.render settings; image_size is data's
+        },
         "image_size": [240, 320],  # [H, W] both images are resized to (K scaled accordingly)
         "batch_size": 2,  # pairs per step
         "num_workers": 1,  # DataLoader worker processes (0: load in the training process)
@@ -155,6 +170,70 @@ class RGBDPairs:
                 "K0": f0["K"], "K1": f1["K"], "T_0to1": rgbd_module.relative_pose(f0["T_c2w"], f1["T_c2w"])}
 
 
+class ColmapPairs:
+    """Posed pairs of COLMAP models (:class:`featlab.datasets.posed.PosedPairs` over each model, concatenated)."""
+
+    def __init__(self, folders, pair_conf, repeat: int = 1):
+        from ..datasets.colmap import read_colmap
+        from ..datasets.posed import PairSampler, PosedPairs
+
+        self.parts = []
+        for folder in folders:
+            folder = Path(folder)
+            model = folder / "sparse" if (folder / "sparse").is_dir() else folder
+            collection = read_colmap(model)
+            pairs = PairSampler(to_container(pair_conf)).sample(collection)
+            if not pairs:
+                raise InputError(f"no pairs in {folder} with data.colmap_pairs {to_container(pair_conf)}")
+            self.parts.append(PosedPairs(collection, pairs))
+        self.index = [(p, k) for _ in range(int(repeat)) for p, part in enumerate(self.parts) for k in range(len(part))]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, k: int) -> dict:
+        p, j = self.index[k]
+        return self.parts[p][j]
+
+
+class ConcatPairs:
+    """Items of several posed-pair datasets, one after the other."""
+
+    def __init__(self, parts):
+        self.parts = [p for p in parts if p is not None and len(p)]
+        self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, k: int) -> dict:
+        part = int(np.searchsorted(self.offsets, k, side="right") - 1)
+        return self.parts[part][k - int(self.offsets[part])]
+
+
+def synthetic_pairs(syn_conf, image_size) -> list:
+    """Rendered rooms (:func:`featlab.datasets.render.render_collection`, labelled **synthetic**: exact poses and
+    depth) as posed pairs: one :class:`featlab.datasets.posed.PosedPairs` per room, pairs of frame gaps
+    ``syn_conf.min_gap``..``max_gap`` with depth-checked covisibility >= ``syn_conf.min_covisibility``. Room ``s`` uses
+    render seed ``syn_conf.seed + s``; rendered once, at ``image_size``, when called."""
+    from ..datasets.posed import PairSampler, PosedPairs
+    from ..datasets.render import render_collection
+
+    out = []
+    for s in range(int(syn_conf.scenes)):
+        conf = deep_update(to_container(syn_conf.render) or {}, {"seed": int(syn_conf.seed) + s,
+                                                                "num_frames": int(syn_conf.frames),
+                                                                "image_size": [int(v) for v in image_size]})
+        coll = render_collection(conf)
+        pairs = PairSampler({"min_gap": int(syn_conf.min_gap), "max_gap": int(syn_conf.max_gap),
+                             "max_rotation": float(syn_conf.max_rotation), "covisibility": "depth",
+                             "min_covisibility": float(syn_conf.min_covisibility)}).sample(coll)
+        if not pairs:
+            raise InputError(f"no covisible pairs in the rendered room {coll.name}")
+        out.append(PosedPairs(coll, pairs))
+    return out
+
+
 class PosedPairStream(Dataset):
     """Training samples by global index ``i`` (unbounded) from a posed-pair dataset (see the module docstring).
 
@@ -205,6 +284,21 @@ class PosedPairStream(Dataset):
             out[f"points{k}"] = sample_queries(rng, sift_locations(self.sift, image), self.num_queries,
                                                self.sift_fraction, self.size)
         return out
+
+
+def training_pairs(conf) -> ConcatPairs:
+    """The training pairs of ``conf.data`` (CAPS and SCFeat): the sequence's (``root``), the COLMAP models'
+    (``colmap``, each pair ``colmap_repeat`` times) and the rendered rooms' (``synthetic``, when the config has it)."""
+    d = conf.data
+    parts = []
+    if d.root:
+        parts.append(RGBDPairs(d.root, d.rgbd, d.frame_range, d.gaps, d.min_covisibility, d.max_pairs_per_gap,
+                               d.max_rotation, seed=int(conf.train.seed)))
+    if d.colmap:
+        parts.append(ColmapPairs(d.colmap, d.colmap_pairs, int(d.colmap_repeat)))
+    if "synthetic" in d and int(d.synthetic.scenes) > 0:
+        parts += synthetic_pairs(d.synthetic, d.image_size)
+    return ConcatPairs(parts)
 
 
 # ------------------------------------------------------------------------------------------------------ task
@@ -260,8 +354,7 @@ class CAPSTask(loop.TrainingTask):
         self.model = ResUNet(conf.model)
         self.loss_fn = CAPSLoss(conf.loss)
         if train_pairs is None:
-            train_pairs = RGBDPairs(d.root, d.rgbd, d.frame_range, d.gaps, d.min_covisibility, d.max_pairs_per_gap,
-                                    d.max_rotation, seed=int(conf.train.seed))
+            train_pairs = training_pairs(conf)
         self.dataset = PosedPairStream(train_pairs, d, seed=int(conf.train.seed))
         if val_pairs is None and (conf.val.root or d.root) and int(conf.val.num_pairs) > 0:
             v = conf.val
@@ -369,15 +462,19 @@ class CAPSTask(loop.TrainingTask):
 # ------------------------------------------------------------------------------------------------ CLI hooks
 def add_arguments(parser) -> None:
     """Data arguments of ``featlab train caps`` (the common ones are added by featlab.commands.train)."""
-    hooks.add_path_arguments(parser, ("data", "val_data"))
+    hooks.add_path_arguments(parser, ("data", "colmap", "val_data"))
 
 
 apply_arguments = hooks.apply_path_arguments
 
 
 def check_conf(conf) -> None:
-    if not conf.data.root:
-        raise ConfigError("no training data: pass --data SEQUENCE_DIR (or set data.root in the config)")
+    """Needs some training data; COLMAP folders pass the split guard too (Herz-Jesus-P25 is evaluation only)."""
+    if not conf.data.root and not conf.data.colmap and not int(conf.data.synthetic.scenes):
+        raise ConfigError("no training data: pass --data SEQUENCE_DIR, --colmap PROJECT_DIR and/or "
+                          "data.synthetic.scenes=N")
+    splits.check_sources([splits.Source("train", str(f), None, "data.colmap") for f in conf.data.colmap],
+                         allow_eval_data=bool(conf.data.allow_eval_data))
 
 
 check_export = hooks.export_name_check("caps-resnet18")
@@ -390,5 +487,6 @@ def build_task(conf) -> CAPSTask:
 export_weights = hooks.weights_exporter(load_caps_weights, "caps-resnet18")
 
 
-__all__ = ["default_conf", "CAPSTask", "PosedPairStream", "RGBDPairs", "prepare_posed_val_pairs",
+__all__ = ["default_conf", "CAPSTask", "PosedPairStream", "RGBDPairs", "ColmapPairs", "ConcatPairs", "synthetic_pairs",
+           "training_pairs", "prepare_posed_val_pairs",
            "resize_with_intrinsics", "sample_queries", "export_weights"]

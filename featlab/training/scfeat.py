@@ -35,6 +35,12 @@ Validation (selection pairs, 7-Scenes frames 360-399 by default): relative-pose 
 ``data.image_size`` with mutual nearest neighbours and ``val.method``: ``auc@5/10/20`` of this stage's features
 (descriptor stage: SIFT keypoints + SCFeat descriptors; detector stage: SCFeat keypoints + descriptors, and
 ``desc_auc@...`` with SIFT keypoints), and ``sift_auc@...`` (SIFT alone) as the baseline.
+
+Decoupled detector: ``detector.descriptor: rootsift`` (or ``sift``) trains the detector for featlab's handcrafted
+descriptor instead of SCFeat's map (the network's features stay the detector's input). Its keypoints are described
+by (Root)SIFT at ``detector.keypoint_size`` with SIFT's dominant orientation, in the rewards, in validation
+(``auc@...``) and in extraction; ``desc_auc@...`` is then that descriptor at SIFT's own keypoints (scales,
+orientations): learned keypoints against SIFT's, one descriptor.
 """
 from __future__ import annotations
 
@@ -49,7 +55,8 @@ from ..conf import deep_update, none_or, resolve_conf, to_container
 from ..datasets import homographies, splits
 from ..datasets import rgbd as rgbd_module
 from ..errors import ConfigError, InputError
-from ..extractors.scfeat import (detect_keypoints, load_scfeat_weights, save_scfeat_weights)
+from ..extractors.scfeat import (DESCRIPTORS, describe_handcrafted, detect_keypoints, handcrafted_describer,
+                                 load_scfeat_weights, save_scfeat_weights)
 from ..geometry.eight_point import eight_point, fundamental_error, random_subsets
 from ..geometry.epipolar import fundamental_from_pose
 from ..io.image import image_to_tensor
@@ -60,7 +67,7 @@ from ..nn.resunet import map_extent
 from ..pixels import from_grid_indices, sample_map
 from ..rng import role_rng
 from . import hooks, loop
-from .caps import RGBDPairs, prepare_posed_val_pairs, resize_with_intrinsics
+from .caps import RGBDPairs, prepare_posed_val_pairs, resize_with_intrinsics, training_pairs
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "scfeat.yaml"
 SUMMARY = "SCFeat detector + descriptor, weakly supervised by poses"
@@ -80,6 +87,11 @@ detector_default_conf = {
     # false: the PoSFeat / DISK rewards (good_reward / bad_reward)
     "f_draws": 100,  # random 8-match subsets per pair (fresh each step)
     "min_good_matches": 8,  # fewer good matches: no F estimate, the plain rewards are used for that pair
+    "descriptor": "scfeat",  # what describes the keypoints (frozen) for the match rewards and validation: scfeat
+    # (the network's map) | sift | rootsift (OpenCV (Root)SIFT at keypoint_size with SIFT's dominant orientation:
+    # a detector for featlab's handcrafted-descriptor models; extraction uses the same, from the sidecar)
+    "keypoint_size": 4.0,  # OpenCV keypoint size (px at data.image_size) of a handcrafted descriptor; SIFT's
+    # detections on 7-Scenes / castle-P30 at 240x320 have a median size of 3.0 (quartiles 2.3 / 4.9)
 }
 
 default_conf = {
@@ -123,47 +135,6 @@ default_conf = {
 
 
 # --------------------------------------------------------------------------------------------------- data
-class ColmapPairs:
-    """Posed pairs of COLMAP models (:class:`featlab.datasets.posed.PosedPairs` over each model, concatenated)."""
-
-    def __init__(self, folders, pair_conf, repeat: int = 1):
-        from ..datasets.colmap import read_colmap
-        from ..datasets.posed import PairSampler, PosedPairs
-
-        self.parts = []
-        for folder in folders:
-            folder = Path(folder)
-            model = folder / "sparse" if (folder / "sparse").is_dir() else folder
-            collection = read_colmap(model)
-            pairs = PairSampler(to_container(pair_conf)).sample(collection)
-            if not pairs:
-                raise InputError(f"no pairs in {folder} with data.colmap_pairs {to_container(pair_conf)}")
-            self.parts.append(PosedPairs(collection, pairs))
-        self.index = [(p, k) for _ in range(int(repeat)) for p, part in enumerate(self.parts) for k in range(len(part))]
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, k: int) -> dict:
-        p, j = self.index[k]
-        return self.parts[p][j]
-
-
-class ConcatPairs:
-    """Items of several posed-pair datasets, one after the other."""
-
-    def __init__(self, parts):
-        self.parts = [p for p in parts if p is not None and len(p)]
-        self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
-
-    def __len__(self) -> int:
-        return int(self.offsets[-1])
-
-    def __getitem__(self, k: int) -> dict:
-        part = int(np.searchsorted(self.offsets, k, side="right") - 1)
-        return self.parts[part][k - int(self.offsets[part])]
-
-
 def cell_queries(rng: np.random.Generator, image_size, cell: int) -> np.ndarray:
     """One uniformly random point per ``cell`` x ``cell`` cell of an (H, W) image -> float32 (N, 2) featlab pixels."""
     h, w = image_size
@@ -285,6 +256,12 @@ class SCFeatTask(loop.TrainingTask):
             raise ConfigError("data.batch_size, data.query_cell and detector.cell must be >= 1, data.num_workers >= 0")
         if int(conf.detector.f_draws) < 1 or int(conf.detector.min_good_matches) < 8:
             raise ConfigError("detector.f_draws must be >= 1 and detector.min_good_matches >= 8")
+        if not float(conf.detector.keypoint_size) > 0:
+            raise ConfigError(f"detector.keypoint_size must be > 0, got {conf.detector.keypoint_size}")
+        self.describer = handcrafted_describer(str(conf.detector.descriptor))
+        if self.describer is not None and conf.stage != "detector":
+            raise ConfigError(f"detector.descriptor={conf.detector.descriptor} is for stage detector (the descriptor "
+                              f"stage trains SCFeat's own descriptor)")
         self.model = SCFeatNet(conf.model)
         if conf.init:
             init_net, meta = load_scfeat_weights(conf.init)
@@ -301,13 +278,7 @@ class SCFeatTask(loop.TrainingTask):
             p.requires_grad_(id(p) in keep)
         self.loss_fn = scfeat_losses.LineToWindowLoss(conf.loss)
         if train_pairs is None:
-            parts = []
-            if d.root:
-                parts.append(RGBDPairs(d.root, d.rgbd, d.frame_range, d.gaps, d.min_covisibility,
-                                       d.max_pairs_per_gap, d.max_rotation, seed=int(conf.train.seed)))
-            if d.colmap:
-                parts.append(ColmapPairs(d.colmap, d.colmap_pairs, int(d.colmap_repeat)))
-            train_pairs = ConcatPairs(parts)
+            train_pairs = training_pairs(conf)
         self.dataset = PosedPairStream(train_pairs, d, seed=int(conf.train.seed))
         if val_pairs is None and (conf.val.root or d.root) and int(conf.val.num_pairs) > 0:
             v = conf.val
@@ -356,7 +327,7 @@ class SCFeatTask(loop.TrainingTask):
             picks = []
             for v in (i, b + i):
                 kp, logp, acc = sample_cell_keypoints(scores[v], int(dc.cell), str(dc.accept))
-                desc = sample_map(dmap[v:v + 1], kp[None], extent, normalize=True)[0]
+                desc = self._describe(images[v], dmap[v:v + 1], kp, extent)
                 picks.append((kp, logp, desc))
                 stats["keypoints"].append(float(len(kp)))
                 stats["accept_prob"].append(float(acc.mean()))
@@ -381,6 +352,12 @@ class SCFeatTask(loop.TrainingTask):
             stats["expected_reward"].append(float(expected))
         metrics = {k: float(np.mean(v)) for k, v in stats.items() if v}
         return total / b, metrics
+
+    def _describe(self, image: torch.Tensor, dmap: torch.Tensor, keypoints: torch.Tensor, extent) -> torch.Tensor:
+        """Frozen descriptors of one image's keypoints: the (1, D, h, w) map's, or ``detector.descriptor``'s."""
+        if self.describer is not None:
+            return describe_handcrafted(self.describer, image, keypoints, float(self.conf.detector.keypoint_size))
+        return sample_map(dmap, keypoints[None], extent, normalize=True)[0]
 
     # ----------------------------------------------------------------------------------------- validation
     def _pose_auc(self, features) -> list[float]:
@@ -421,11 +398,14 @@ class SCFeatTask(loop.TrainingTask):
             row_d, row_o = [], []
             for s in (0, 1):
                 kp = p[f"keypoints{s}"].to(device)
-                row_d += [kp, sample_map(dmap[s:s + 1], kp[None], extent, normalize=True)[0]]
+                if self.describer is None:
+                    row_d += [kp, sample_map(dmap[s:s + 1], kp[None], extent, normalize=True)[0]]
                 if self.conf.stage == "detector":
                     k2, _ = detect_keypoints(out["scores"][s, 0].float(), int(self.conf.val.max_keypoints), 1, 0.0, 4)
-                    row_o += [k2, sample_map(dmap[s:s + 1], k2[None], extent, normalize=True)[0]]
+                    row_o += [k2, self._describe(p["image"][s].to(device), dmap[s:s + 1], k2, extent)]
                     counts.append(len(k2))
+            if self.describer is not None:  # the descriptor at its own detector's keypoints, scales and orientations
+                row_d = self._handcrafted_baseline(p)
             desc_feats.append(tuple(row_d))
             own_feats.append(tuple(row_o))
         desc_auc = self._pose_auc(desc_feats)
@@ -436,6 +416,21 @@ class SCFeatTask(loop.TrainingTask):
             out.update({f"desc_auc@{t}": a for t, a in zip(th, desc_auc)})
             out["keypoints"] = float(np.mean(counts))
         return {**out, **self._sift_baseline}
+
+    def _handcrafted_baseline(self, pair: dict) -> tuple:
+        """(kp0, d0, kp1, d1) of ``detector.descriptor`` with SIFT's own keypoints (val.max_keypoints), cached."""
+        if "handcrafted" not in pair:
+            from ..extractors import build_extractor
+
+            baseline = build_extractor(str(self.conf.detector.descriptor),
+                                       {"max_keypoints": int(self.conf.val.max_keypoints)})
+            row = []
+            with torch.no_grad():
+                for s in (0, 1):
+                    pred = baseline({"image": pair["image"][s:s + 1]})
+                    row += [pred["keypoints"][0].float(), pred["descriptors"][0].float()]
+            pair["handcrafted"] = tuple(row)
+        return pair["handcrafted"]
 
     def save_weights(self, path: Path, info: dict) -> Path:
         return save_scfeat_weights(self.model, path, extra={"training": {**info, "stage": self.conf.stage},
@@ -470,5 +465,5 @@ def build_task(conf) -> SCFeatTask:
 export_weights = hooks.weights_exporter(load_scfeat_weights, "scfeat")
 
 
-__all__ = ["default_conf", "SCFeatTask", "PosedPairStream", "ColmapPairs", "ConcatPairs", "cell_queries",
+__all__ = ["default_conf", "SCFeatTask", "PosedPairStream", "cell_queries",
            "sample_cell_keypoints", "fundamental_loss", "export_weights"]
