@@ -5,6 +5,7 @@
 #   3. 7-Scenes redkitchen frames 400-499, relative pose, gaps 20/30/45, focal 525
 #   4. Strecha Herz-Jesus-P25, wide-baseline relative pose, pairs (i, i+d) for d = 3..7, 768x512
 # usage: bash benchmarks/tables.sh [OUT_DIR] [TABLE ...]   (tables: moderate hard graffiti 7scenes herzjesu; default all)
+# environment: METHODS (names or LABEL=NAME), METHOD_CONF (LABEL.key=value ...), PAIRS, THREADS (default 2)
 # Every run caches its features under OUT_DIR/<table>/cache (keyed on weights content + config): a rerun only scores.
 set -euo pipefail
 OUT=${1:-/tmp/featlab-tables}; shift $(( $# < 1 ? $# : 1 ))
@@ -13,7 +14,9 @@ DATA=${FEATLAB_DATA:-../shared/data}
 FL=${FEATLAB:-featlab}
 METHODS=${METHODS:-"sift rootsift disk aliked xfeat residual-sift residual-sift-joint residual-rootsift-upright residual-sift-small caps-sift"}
 PAIRS=${PAIRS:-100}  # synthetic pairs per preset (one per photo, the first PAIRS photos of bsds500/test by name)
-COMMON=(--methods $METHODS --no-progress --threads 2)
+# METHOD_CONF: per-method overrides, e.g. METHODS="scfeat posfeat=scfeat" METHOD_CONF="posfeat.weights=runs/x.safetensors"
+MCONF=(); [ -z "${METHOD_CONF:-}" ] || MCONF=(--method-conf $METHOD_CONF)
+COMMON=(--methods $METHODS "${MCONF[@]}" --no-progress --threads ${THREADS:-2})
 for t in "${TABLES[@]}"; do
   case $t in
     moderate|hard) $FL eval hpatches "${COMMON[@]}" --synthetic "$DATA/photos/bsds500/test" --preset "$t" \

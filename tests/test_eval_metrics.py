@@ -196,3 +196,20 @@ class TestReport:
             "sift": {"contrast_threshold": 0.02}}
         with pytest.raises(ConfigError, match="METHOD.key=value"):
             parse_method_overrides(["disk.weights=x"], ["sift"])
+
+    def test_method_labels_evaluate_one_extractor_twice(self):
+        """LABEL=NAME: the same extractor under two labels with their own overrides (e.g. two weights files)."""
+        from featlab.eval.cache import build_methods, method_label
+
+        assert method_label("sift") == ("sift", "sift") and method_label("dense=sift") == ("dense", "sift")
+        for bad in ("=sift", "a.b=sift", "a=", "a=b=c"):
+            with pytest.raises(ConfigError):
+                method_label(bad)
+        names = ["sift", "dense=sift"]
+        overrides = parse_method_overrides(["dense.contrast_threshold=0.01"], names)
+        assert overrides == {"dense": {"contrast_threshold": 0.01}}
+        methods = build_methods(names, {"max_keypoints": -1}, overrides)
+        assert list(methods) == ["sift", "dense"]
+        assert methods["sift"].conf.contrast_threshold == 0.04 and methods["dense"].conf.contrast_threshold == 0.01
+        with pytest.raises(ConfigError, match="duplicate"):
+            build_methods(["sift", "sift=rootsift"])

@@ -29,7 +29,8 @@ HOMOGRAPHY_ESTIMATORS = ("ransac", "magsac", "poselib")
 
 def _add_common(p: argparse.ArgumentParser):
     p.add_argument("--methods", nargs="+", required=True, metavar="NAME",
-                   help="extractor names, evaluated side by side (see `featlab models`)")
+                   help="extractor names, evaluated side by side (see `featlab models`); LABEL=NAME evaluates "
+                        "NAME under LABEL, e.g. to compare weights with --method-conf LABEL.weights=PATH")
     p.add_argument("--method-conf", nargs="*", default=[], metavar="METHOD.KEY=VALUE",
                    help="per-method config overrides, e.g. disk.weights=/path/disk.pth")
     p.add_argument("--device", default="cpu", help="torch device for the extractors (default: cpu)")
@@ -499,7 +500,9 @@ def run_register(args) -> int:
         from ..extractors.depth_baselines import import_open3d
 
         import_open3d()  # fail before any work when Open3D cannot load
-    methods = {m: built.get(m) for m in order}
+    from ..eval.cache import method_label
+
+    methods = {m: built.get(m) for m in (method_label(e)[0] for e in order)}
     sequence, colour, K_depth, pairs, source = register.load_sequence(args)
     out.mkdir(parents=True, exist_ok=True)
     source["pairs_file"] = str(sequence.save_pairs(out / "register_pairs.txt", pairs))

@@ -118,21 +118,36 @@ class FeatureCache:
 
 
 # ------------------------------------------------------------------------------------ methods and extraction
+def method_label(entry: str) -> tuple[str, str]:
+    """A ``--methods`` entry -> (label, extractor name): ``NAME`` is its own label; ``LABEL=NAME`` evaluates the
+    extractor ``NAME`` under ``LABEL`` (the same extractor twice with other weights, e.g.
+    ``posfeat=scfeat --method-conf posfeat.weights=runs/posfeat/best.safetensors``)."""
+    from ..errors import ConfigError
+
+    label, sep, name = entry.partition("=")
+    name = name if sep else label
+    if not label or not name or "." in label or "=" in name:
+        raise ConfigError(f"method '{entry}' must be NAME or LABEL=NAME (LABEL without dots)")
+    return label, name
+
+
 def parse_method_overrides(items: list[str] | None, methods: list[str]) -> dict[str, dict]:
     """``["disk.weights=/x.pth", "sift.contrast_threshold=0.02"]`` -> ``{"disk": {"weights": ...}, ...}``.
 
-    The first dotted component names the method; it must be one of ``methods``.
+    The first dotted component names the method by its label (:func:`method_label`); it must be one of
+    ``methods``.
     """
     from ..conf import parse_overrides
     from ..errors import ConfigError
 
+    labels = [method_label(m)[0] for m in methods]
     out: dict[str, dict] = {}
     for item in items or []:
         key = item.split("=", 1)[0]
         method = key.split(".", 1)[0]
-        if "." not in key or method not in methods:
+        if "." not in key or method not in labels:
             raise ConfigError(f"method override '{item}' must look like METHOD.key=value with METHOD one of "
-                              f"{', '.join(methods)}")
+                              f"{', '.join(labels)}")
         for name, value in parse_overrides([item[len(method) + 1:]]).items():
             out.setdefault(method, {})[name] = value
     return out
@@ -143,11 +158,12 @@ def build_methods(names: list[str], common: dict | None = None, overrides: dict[
     """Build every extractor up front, so that a bad name or missing weights fail before any work starts.
 
     Args:
-        names: extractor names (see ``featlab models``); duplicates are an error.
+        names: extractor names (see ``featlab models``) or ``LABEL=NAME`` entries (:func:`method_label`);
+            duplicate labels are an error.
         common: config keys applied to every method (e.g. ``max_keypoints``, ``resize``).
-        overrides: per-method config keys, applied after ``common``.
+        overrides: per-label config keys, applied after ``common``.
     Returns:
-        ``{name: Extractor}`` in the order given.
+        ``{label: Extractor}`` in the order given.
     Raises:
         ConfigError / InputError from :func:`featlab.extractors.build_extractor`, prefixed with the method name.
     """
@@ -158,17 +174,18 @@ def build_methods(names: list[str], common: dict | None = None, overrides: dict[
 
     if not names:
         raise ConfigError("no method given (--methods NAME ...)")
-    if len(set(names)) != len(names):
+    labelled = [method_label(n) for n in names]
+    if len({label for label, _ in labelled}) != len(labelled):
         raise ConfigError(f"duplicate method in --methods: {' '.join(names)}")
     if device != "cpu" and not (device.startswith("cuda") and torch.cuda.is_available()):
         raise ConfigError(f"device '{device}' is not available here (use cpu)")
     methods = {}
-    for name in names:
-        conf = {**(common or {}), **((overrides or {}).get(name, {}))}
+    for label, name in labelled:
+        conf = {**(common or {}), **((overrides or {}).get(label, {}))}
         try:
-            methods[name] = build_extractor(name, conf).to(device)
+            methods[label] = build_extractor(name, conf).to(device)
         except FeatlabError as e:
-            raise type(e)(f"method '{name}' cannot be built: {e}") from None
+            raise type(e)(f"method '{label}' cannot be built: {e}") from None
     return methods
 
 
