@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import resource
 import shutil
 import time
 from pathlib import Path
 
 from ..commands.extract import DEFAULT_MAX_SIZE
 from ..errors import ConfigError, InputError
+from ..timing import cpu_seconds
 
 #: featlab's model for reconstruction: chosen on castle-P30 (docs/RECONSTRUCTION.md), where RootSIFT was as accurate
 #: as residual-sift (median position error 12.9 vs 13.3 cm, all 30 images each) at less CPU time (506 vs 594 s)
@@ -57,18 +57,16 @@ def _subcommand_args(module, argv: list[str]) -> argparse.Namespace:
 class StageClock:
     """Wall-clock and CPU seconds per stage of a run (``with clock("match"): ...``).
 
-    CPU = user + system time of this process (all its threads, pycolmap's included) and of its finished child
-    processes: the cost of a stage that does not depend on what else runs on the machine, where the wall clock does.
+    CPU: :func:`featlab.timing.cpu_seconds` (this process, all its threads, pycolmap's included, and its finished
+    child processes): the cost of a stage that does not depend on what else runs on the machine, where the wall
+    clock does.
     """
+
+    cpu_seconds = staticmethod(cpu_seconds)
 
     def __init__(self):
         self.wall: dict[str, float] = {}
         self.cpu: dict[str, float] = {}
-
-    @staticmethod
-    def cpu_seconds() -> float:
-        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-        return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
     @contextlib.contextmanager
     def __call__(self, stage: str):

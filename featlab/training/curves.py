@@ -2,8 +2,8 @@
 
 Reads each run's ``metrics.jsonl`` (written by :func:`featlab.training.loop.train`): records with
 ``kind == "val"`` carry ``step``, ``train_time`` (wall seconds spent in training steps, validation excluded),
-``cpu_time`` (process CPU seconds, validation included; runs from before it was logged lack it) and the validation
-metrics (``val/...``). The time axis is CPU minutes when every run logged them, else training wall minutes.
+``cpu_time`` (CPU seconds of :mod:`featlab.timing`, validation included; runs from before it was logged lack it)
+and the validation metrics (``val/...``). The time axis is CPU minutes when every run logged them, else training wall minutes.
 Baselines logged by the task (``val/g_<metric>``: the handcrafted descriptor alone; ``val/sift_<metric>``: SIFT)
 are drawn as dashed lines.
 """

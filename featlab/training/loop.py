@@ -9,7 +9,7 @@ Run folder layout::
     RUN_DIR/config.yaml               resolved config (written by the CLI)
     RUN_DIR/checkpoints/last.pt       model + optimiser + step + RNG states + config + best-so-far (atomic)
     RUN_DIR/metrics.jsonl             one JSON record per log / validation: step, time (wall s), cpu_time
-                                      (process CPU s), train_time, loss, ...
+                                      (CPU s, featlab.timing), train_time, loss, ...
     RUN_DIR/tensorboard/              TensorBoard event files
     RUN_DIR/best.safetensors (+.json) best weights by ``best_metric`` (written by the task)
     RUN_DIR/final.safetensors (+.json) weights at the last step
@@ -44,6 +44,7 @@ from ..conf import none_or, resolve_conf, to_container
 from ..errors import ConfigError, InputError
 from ..io.atomic import atomic_path, atomic_write_text
 from ..rng import role_rng
+from ..timing import cpu_seconds
 from . import distributed
 
 logger = logging.getLogger(__name__)
@@ -308,15 +309,16 @@ def train(task: TrainingTask, conf, run_dir: str | Path, resume: bool = False, f
     amp = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext()
     t_start = time.perf_counter()
 
-    c_start = time.process_time()
+    c_start = cpu_seconds()
 
     def now() -> float:
         return elapsed + time.perf_counter() - t_start
 
     def cpu() -> float:
-        """CPU seconds of this process (all its threads; not data-loader workers), summed over resumed runs: the
-        measure of a training budget that does not depend on what else runs on the machine."""
-        return cpu_elapsed + time.process_time() - c_start
+        """CPU seconds (:func:`featlab.timing.cpu_seconds`: this process, all its threads, and finished children;
+        persistent data-loader workers are not counted), summed over resumed runs: the measure of a training budget
+        that does not depend on what else runs on the machine."""
+        return cpu_elapsed + cpu_seconds() - c_start
 
     def checkpoint():
         rng_ranks = distributed.all_gather(rng_states())  # a collective: every rank checkpoints at the same steps
