@@ -412,11 +412,11 @@ TINY = ["data.image_size=[96,128]", "handcrafted.max_keypoints=100", "data.pairs
 
 
 def test_training_runs_checkpoints_resumes_and_exports(photos, tmp_path, monkeypatch, capsys):
-    import featlab.training.patch_residual as task_module
     from featlab.cli import main
+    from featlab.io import weights as weights_io
     from featlab.training.loop import read_metrics
 
-    monkeypatch.setattr(task_module, "WEIGHTS_DIR", tmp_path / "weights")
+    monkeypatch.setattr(weights_io, "SHIPPED_WEIGHTS_DIR", tmp_path / "weights")
     run = tmp_path / "run"
     base = ["train", "residual-v2", "--photos", str(photos), "--val-photos", str(photos), "-o", str(run)]
     assert main(base + [*TINY, "train.max_steps=2"]) == 0

@@ -248,10 +248,10 @@ class TestResidualTask:
         assert not (run / "resume_overrides.jsonl").exists()
 
     def test_cli_end_to_end_resume_and_export(self, photos, tmp_path, monkeypatch, capsys):
-        import featlab.training.residual as residual
         from featlab.extractors import build_extractor
+        from featlab.io import weights as weights_io
 
-        monkeypatch.setattr(residual, "WEIGHTS_DIR", tmp_path / "weights")
+        monkeypatch.setattr(weights_io, "SHIPPED_WEIGHTS_DIR", tmp_path / "weights")
         run = tmp_path / "run"
         args = ["train", "residual", "--photos", str(photos), "--val-photos", str(photos), "-o", str(run), *TINY,
                 "train.max_steps=3", "train.val_every=2"]

@@ -57,17 +57,20 @@ def export_name_check(example: str, handcrafted: str | None = None) -> Callable:
     return check_export
 
 
-def weights_exporter(load: Callable, example: str) -> Callable:
+def weights_exporter(load: Callable, example: str, check: Callable | None = None) -> Callable:
     """``export_weights(run_dir, name, which="best")`` that validates the run's weights with ``load`` and copies
     ``RUN_DIR/<which>.safetensors`` (+ sidecar) to ``featlab/weights/<name>.safetensors`` (+ sidecar).
 
-    The exporter raises InputError when the run has no such weights or they cannot be loaded, and ConfigError on a
-    bad name.
+    ``check(name, sidecar)``, when given, raises ConfigError for weights that do not fit a name (a registered model
+    defined with another handcrafted extractor). The exporter raises InputError when the run has no such weights or
+    they cannot be loaded, and ConfigError on a bad name.
     """
     def export_weights(run_dir: str | Path, name: str, which: str = "best") -> Path:
         check_export_name(name, example)
         src = Path(run_dir) / f"{which}.safetensors"
-        load(src)  # validates the pair of files
+        _, meta = load(src)  # validates the pair of files
+        if check is not None:
+            check(name, meta)
         return copy_weights(src, weights_io.SHIPPED_WEIGHTS_DIR / f"{name}.safetensors")
     return export_weights
 

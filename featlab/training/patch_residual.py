@@ -38,7 +38,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
@@ -53,7 +53,6 @@ from ..errors import ConfigError
 from ..extractors.patch_residual import (PatchResidualNet, extract_patches, fusion_from_angle, select_keypoints,
                                          load_patch_residual_weights, save_patch_residual_weights)
 from ..io.image import image_to_tensor, list_images, read_image, rgb_to_gray
-from ..io.weights import SHIPPED_WEIGHTS_DIR, check_export_name, copy_weights
 from ..losses.hardnet import hardest_in_batch_loss, infonce_loss
 from ..losses.selector import selector_loss
 from ..nn.selector import selector_features
@@ -64,8 +63,6 @@ from .residual import add_arguments, apply_arguments, check_conf, homography_cor
 logger = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "residual-v2.yaml"
-#: where --export writes (featlab/weights/)
-WEIGHTS_DIR = SHIPPED_WEIGHTS_DIR
 SUMMARY = "residual descriptor v2: RootSIFT + learned oriented-patch descriptor, fitted fusion"
 
 default_conf = {
@@ -513,21 +510,17 @@ def build_task(conf) -> PatchResidualTask:
 check_export = hooks.export_name_check("residual-sift", handcrafted="rootsift")
 
 
-def export_weights(run_dir: str | Path, name: str, which: str = "best", shipped: str = "residual-sift") -> Path:
-    """Copy ``RUN_DIR/<which>.safetensors`` (+ sidecar) to ``featlab/weights/<name>.safetensors`` (+ sidecar).
+def requires_rootsift(shipped: str) -> Callable:
+    """Export check (:func:`featlab.training.hooks.weights_exporter`): weights exported as ``shipped``
+    (``residual-sift``, or ``pose-sift`` for :mod:`featlab.training.pose`, whose weights have the same format) must
+    have RootSIFT as g, as that registered model is defined."""
+    def check(name: str, meta: dict) -> None:
+        if name == shipped and meta["handcrafted"]["name"] != "rootsift":
+            raise ConfigError(f"{shipped} uses handcrafted='rootsift', the weights use {meta['handcrafted']['name']!r}")
+    return check
 
-    ``shipped``: the registered model whose name needs RootSIFT as g (``residual-sift``; ``pose-sift`` for
-    :mod:`featlab.training.pose`, whose weights have the same format).
 
-    Raises:
-        InputError: the run has no such weights or they cannot be loaded; ConfigError: a bad name.
-    """
-    src = Path(run_dir) / f"{which}.safetensors"
-    _, meta = load_patch_residual_weights(src)  # validates the pair of files
-    check_export_name(name, shipped)
-    if name == shipped and meta["handcrafted"]["name"] != "rootsift":
-        raise ConfigError(f"{shipped} uses handcrafted='rootsift', the weights use {meta['handcrafted']['name']!r}")
-    return copy_weights(src, WEIGHTS_DIR / f"{name}.safetensors")
+export_weights = hooks.weights_exporter(load_patch_residual_weights, "residual-sift", requires_rootsift("residual-sift"))
 
 
 __all__ = ["default_conf", "PatchResidualTask", "PatchPairStream", "rotation_about_centre", "fit_fusion",

@@ -622,10 +622,8 @@ def build_task(conf) -> PoseTask:
 check_export = hooks.export_name_check("pose-sift", handcrafted="rootsift")
 
 
-def export_weights(run_dir: str | Path, name: str, which: str = "best") -> Path:
-    """Copy ``RUN_DIR/<which>.safetensors`` (+ sidecar) to ``featlab/weights/<name>.safetensors`` (+ sidecar);
-    exporting as ``pose-sift`` needs RootSIFT as g (the patch-residual exporter)."""
-    return patch_residual.export_weights(run_dir, name, which, shipped="pose-sift")
+export_weights = hooks.weights_exporter(load_patch_residual_weights, "pose-sift",
+                                        patch_residual.requires_rootsift("pose-sift"))
 
 
 def heldout_markdown(report: dict) -> str:

@@ -43,10 +43,10 @@ from ..conf import none_or, resolve_conf, to_container
 from ..datasets import homographies, splits
 from ..datasets.synthetic import SyntheticHomographyPairs, resize_and_crop, warp_image
 from ..errors import ConfigError, InputError
-from ..extractors.residual import (WEIGHTS_DIR, ResidualDescriptorNet, load_residual_weights,
+from ..extractors.residual import (ResidualDescriptorNet, load_residual_weights,
                                    save_residual_weights, variant_mismatch)
 from ..io.image import image_to_tensor, list_images, read_image
-from ..io.weights import check_export_name, copy_weights
+from ..io.weights import check_export_name
 from ..losses.triplet import TripletLoss
 from ..rng import role_rng
 from . import hooks, loop
@@ -447,17 +447,11 @@ def check_export(conf, name: str) -> None:
     _check_export_name(name, conf.handcrafted.name, to_container(conf.model))
 
 
-def export_weights(run_dir: str | Path, name: str, which: str = "best") -> Path:
-    """Copy ``RUN_DIR/<which>.safetensors`` (+ sidecar) to ``featlab/weights/<name>.safetensors`` (+ sidecar).
-
-    Raises:
-        InputError: the run has no such weights, or they cannot be loaded.
-        ConfigError: a bad name, or a registered name whose handcrafted extractor differs from the run's.
-    """
-    src = Path(run_dir) / f"{which}.safetensors"
-    _, meta = load_residual_weights(src)  # validates the pair of files
+def _check_exported(name: str, meta: dict) -> None:
     _check_export_name(name, meta["handcrafted"]["name"], meta["model"])
-    return copy_weights(src, WEIGHTS_DIR / f"{name}.safetensors")
+
+
+export_weights = hooks.weights_exporter(load_residual_weights, "residual-sift-v1", _check_exported)
 
 
 __all__ = ["default_conf", "ResidualTask", "HomographyPairStream", "homography_correspondences", "export_weights"]
