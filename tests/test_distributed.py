@@ -28,6 +28,7 @@ TOY = textwrap.dedent('''
     from torch import nn
 
     from featlab.training import distributed, loop
+    from toytask import RegressionTask
 
 
     class Samples(torch.utils.data.Dataset):
@@ -40,11 +41,10 @@ TOY = textwrap.dedent('''
             return {"x": x, "y": x.sum(0, keepdim=True), "index": int(i)}
 
 
-    class Task(loop.TrainingTask):
+    class Task(RegressionTask):
         def __init__(self, batch_size, dropout=0.0):
-            self.model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Dropout(dropout), nn.Linear(16, 1))
+            super().__init__(dropout, activation=nn.Tanh)
             self.batch_size = batch_size
-            self.val_x = torch.randn(32, 4, generator=torch.Generator().manual_seed(99))
             self.seen = []  # global sample indices this process trained on
 
         def batches(self, start_step):
@@ -52,17 +52,7 @@ TOY = textwrap.dedent('''
 
         def training_step(self, batch, step):
             self.seen.extend(batch["index"].tolist())
-            loss = (self.model(batch["x"]) - batch["y"]).pow(2).mean()
-            return loss, {"abs": loss.detach().sqrt()}
-
-        def validate(self):
-            return {"neg_mse": -(self.model(self.val_x) - self.val_x.sum(1, keepdim=True)).pow(2).mean()}
-
-        def save_weights(self, path, info):
-            from safetensors.torch import save_file
-
-            save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, str(path))
-            return path
+            return super().training_step(batch, step)
 
 
     CONF = {"max_steps": 6, "checkpoint_every": 3, "val_every": 3, "log_every": 1, "best_metric": "neg_mse",
@@ -180,7 +170,8 @@ class TestSampler:
 
 # -------------------------------------------------------------------------------------- 2 processes, gloo
 def _torchrun(*args, timeout=240):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    here = Path(__file__).resolve().parent  # the repository (featlab) and tests/ (toytask)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(here.parent), str(here)])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *map(str, args)]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 

@@ -6,24 +6,22 @@ import json
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from toytask import RegressionTask
 
 from featlab.cli import main
 from featlab.errors import ConfigError, InputError
 from featlab.training import loop
-from featlab.training.loop import TrainingTask, read_metrics, train
+from featlab.training.loop import read_metrics, train
 
 # ------------------------------------------------------------------------------------------------ toy task
 
 
-class ToyTask(TrainingTask):
+class ToyTask(RegressionTask):
     """Regression with dropout (uses the global RNG, so resuming must restore it) and step-indexed data."""
 
     def __init__(self):
         torch.manual_seed(0)
-        self.model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 1))
-        g = torch.Generator().manual_seed(99)
-        self.val_x = torch.randn(32, 4, generator=g)
+        super().__init__(dropout=0.2)
 
     def batches(self, start_step):
         step = start_step
@@ -32,19 +30,6 @@ class ToyTask(TrainingTask):
             x = torch.randn(16, 4, generator=g)
             yield {"x": x, "y": x.sum(1, keepdim=True)}
             step += 1
-
-    def training_step(self, batch, step):
-        loss = (self.model(batch["x"]) - batch["y"]).pow(2).mean()
-        return loss, {"abs": loss.detach().sqrt()}
-
-    def validate(self):
-        return {"neg_mse": -(self.model(self.val_x) - self.val_x.sum(1, keepdim=True)).pow(2).mean()}
-
-    def save_weights(self, path, info):
-        from safetensors.torch import save_file
-
-        save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, str(path))
-        return path
 
 
 TOY = {"max_steps": 6, "checkpoint_every": 3, "val_every": 2, "log_every": 1, "best_metric": "neg_mse",
