@@ -2,9 +2,8 @@
 # Retrain shipped models with the recipes of docs/MODELS.md and export them to featlab/weights/.
 # usage: bash scripts/reproduce_models.sh [MODEL ...] [-- key=value ...]
 #   MODEL: residual-sift residual-sift-v1 residual-sift-joint residual-sift-nofusion residual-sift-small
-#          residual-rootsift-upright residual-surf caps-resnet18 depthkp pose-sift scfeat posfeat scfeat-rootsift
-#          (default: every shipped model; pose-sift and the SCFeat ablations posfeat and scfeat-rootsift run only
-#          when named)
+#          residual-rootsift-upright residual-surf caps-resnet18 depthkp pose-sift scfeat scfeat-rootsift posfeat
+#          (default: every shipped model; pose-sift and posfeat, the SCFeat ablation, run only when named)
 #   key=value after `--`: overrides for every run (e.g. train.device=cuda, or train.max_steps=2 for a smoke test)
 # environment: FEATLAB_DATA data root (default ../shared/data: photos/{bsds500,sun_hays80}, rgbd/7scenes_redkitchen,
 #   posed/strecha/castle-P30); RUNS run folder (default runs/reproduce); EXPORT=0 trains without copying the weights
@@ -21,7 +20,7 @@ while [ $# -gt 0 ]; do
     MODELS+=("$1"); shift
 done
 SHIPPED=(residual-sift-nofusion residual-sift-v1 residual-sift-joint residual-sift-small residual-rootsift-upright
-         residual-surf caps-resnet18 residual-sift depthkp scfeat)
+         residual-surf caps-resnet18 residual-sift depthkp scfeat scfeat-rootsift)
 [ ${#MODELS[@]} -gt 0 ] || MODELS=("${SHIPPED[@]}")
 export FEATLAB_DATA=${FEATLAB_DATA:-../shared/data}  # the data root that the configs' folders live in
 DATA=$FEATLAB_DATA
@@ -80,10 +79,10 @@ for m in "${MODELS[@]}"; do
                 init="$RUNS/posfeat-desc/best.safetensors" train.lr=1e-3 train.max_steps=1169 train.val_every=100 ;;
         # SCFeat's detector stage trained for RootSIFT (featlab's residual-sift descriptor: its fusion gives h weight 0)
         # instead of SCFeat's descriptor map: learned keypoints against SIFT's for one descriptor (issue 11). Starts
-        # from scfeat's descriptor run (its features are the detector's input; run scfeat first); same steps.
-        # Not exported: evaluate with --method-conf scfeat.weights=$RUNS/scfeat-rootsift/best.safetensors
+        # from scfeat's descriptor run (its features are the detector's input; runs after scfeat); same steps.
+        # The shipped run: 31 CPU-minutes, best step 100 (docs/MODELS.md)
         scfeat-rootsift)
-            EXPORT=0 run scfeat-rootsift train scfeat --data "$DATA/rgbd/7scenes_redkitchen" \
+            run scfeat-rootsift train scfeat --data "$DATA/rgbd/7scenes_redkitchen" \
                 --colmap "$DATA/posed/strecha/castle-P30" data.num_workers=0 stage=detector \
                 detector.descriptor=rootsift init="$RUNS/scfeat-desc/best.safetensors" train.lr=1e-3 \
                 train.max_steps=1169 train.val_every=100 ;;
@@ -91,6 +90,6 @@ for m in "${MODELS[@]}"; do
         # frames 0-349 + two rendered synthetic rooms, selected on 360-399; 1500 steps, one thread, CPU only,
         # about 0.7-1.2 CPU-s per step: well under 2 CPU-hours)
         depthkp) run depthkp train depthkp --data "$DATA/rgbd/7scenes_redkitchen" ;;
-        *) echo "reproduce_models.sh: unknown model '$m' (known: ${SHIPPED[*]} pose-sift posfeat scfeat-rootsift)" >&2; exit 2 ;;
+        *) echo "reproduce_models.sh: unknown model '$m' (known: ${SHIPPED[*]} pose-sift posfeat)" >&2; exit 2 ;;
     esac
 done

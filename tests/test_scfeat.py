@@ -499,3 +499,21 @@ def test_shipped_weights_load_and_describe():
     with torch.no_grad():
         pred = desc({"image": gray})
     assert pred["descriptors"].shape[-1] == 128 and pred["keypoints"].shape[1] > 0
+
+
+def test_shipped_rootsift_detector_describes_its_keypoints_with_rootsift():
+    """The shipped scfeat-rootsift weights: a detector trained for RootSIFT (sidecar), its keypoints inside the image
+    and described by RootSIFT (non-negative, unit norm, 128-d) at the recorded size with the dominant orientation."""
+    from featlab.extractors import build_extractor
+    from featlab.extractors.scfeat import describe_handcrafted
+    from skimage import data as skdata
+
+    image = torch.from_numpy(skdata.astronaut()[::2, ::2].copy()).permute(2, 0, 1)[None].float() / 255.0
+    ext = build_extractor("scfeat-rootsift", {"max_keypoints": 200})
+    assert ext.meta["detector"]["descriptor"] == "rootsift" and ext.meta["training"]["stage"] == "detector"
+    with torch.no_grad():
+        pred = ext({"image": image})
+    kp, desc = pred["keypoints"][0], pred["descriptors"][0]
+    assert len(kp) == 200 and (kp >= 0).all() and (kp <= 256).all() and desc.shape == (200, 128)
+    assert (desc >= 0).all() and torch.allclose(desc.norm(dim=-1), torch.ones(200), atol=1e-4)
+    assert torch.allclose(desc, describe_handcrafted(ext.describer, image[0], kp, ext.keypoint_size), atol=1e-6)

@@ -11,6 +11,8 @@ Registered extractors:
 - ``scfeat``: featlab's weights ``featlab/weights/scfeat.safetensors`` (CPU-sized network, see docs/MODELS.md).
 - ``scfeat-desc``: descriptors of the same network at the keypoints of another extractor (conf ``detector``,
   default ``sift``): to compare learned keypoints with SIFT's for one descriptor.
+- ``scfeat-rootsift``: weights ``featlab/weights/scfeat-rootsift.safetensors``, whose detector was trained for
+  RootSIFT (below): learned keypoints, RootSIFT descriptors.
 
 The detector is decoupled from the descriptor: a detector stage trained with a handcrafted descriptor
 (``detector.descriptor: rootsift`` or ``sift`` in its config, recorded in the weights' sidecar) describes its
@@ -149,6 +151,9 @@ def _load_net(weights: str) -> tuple[SCFeatNet, dict, Path]:
 
 
 @register_extractor("scfeat", summary="SCFeat: peakiness detector + F2R descriptors (pose-supervised, 128-d)")
+@register_extractor("scfeat-rootsift", preset={"weights": "scfeat-rootsift"},
+                    summary="SCFeat's detector trained for RootSIFT (pose-supervised keypoints, RootSIFT descriptors at "
+                            "one size + dominant orientation, 128-d)")
 class SCFeat(Extractor):
     """SCFeat keypoints and descriptors (see the module docstring)."""
 
