@@ -56,6 +56,15 @@ from . import hooks, loop
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "caps.yaml"
 SUMMARY = "CAPS descriptors (ResNet U-Net) supervised by relative camera poses only (epipolar loss)"
 
+#: data keys of the COLMAP projects of a pose-supervised task (CAPS, SCFeat; :class:`ColmapPairs`)
+COLMAP_DATA_CONF = {
+    "colmap": [],  # COLMAP project folders (images/ + sparse/) with posed images, e.g. Strecha castle-P30 (CLI
+    # --colmap); Herz-Jesus-P25 is evaluation only
+    "colmap_pairs": {"min_gap": 1, "max_gap": 2, "max_rotation": 40.0, "covisibility": "none"},  # pair sampler
+    # of the COLMAP models (featlab.datasets.posed.PairSampler keys; Strecha: ~10 degrees per index step)
+    "colmap_repeat": 3,  # each COLMAP pair appears this many times per epoch (few pairs next to a sequence's)
+}
+
 default_conf = {
     "model": model_default_conf,  # network, see featlab.nn.resunet
     "data": {
@@ -68,11 +77,7 @@ default_conf = {
         "min_covisibility": 0.3,  # depth-checked overlap of a pair (used only to select pairs)
         "max_pairs_per_gap": none_or(int),  # cap on pairs per gap; null: every candidate that passes
         "max_rotation": 80.0,  # degrees; pairs with a larger relative rotation are dropped
-        "colmap": [],  # COLMAP project folders (images/ + sparse/) with posed images, e.g. Strecha castle-P30 (CLI
-        # --colmap); Herz-Jesus-P25 is evaluation only
-        "colmap_pairs": {"min_gap": 1, "max_gap": 2, "max_rotation": 40.0, "covisibility": "none"},  # pair sampler
-        # of the COLMAP models (featlab.datasets.posed.PairSampler keys; Strecha: ~10 degrees per index step)
-        "colmap_repeat": 3,  # each COLMAP pair appears this many times per epoch (few pairs next to a sequence's)
+        **COLMAP_DATA_CONF,  # --colmap projects (ColmapPairs)
         "synthetic": {  # rendered rooms with boxes (featlab.datasets.render): SYNTHETIC, exact poses
             "scenes": checked(0, ge=0),  # rooms; 0: none
             "frames": checked(60, ge=2),  # views per room (a smooth trajectory, 3 degrees a frame)
@@ -468,13 +473,19 @@ def add_arguments(parser) -> None:
 apply_arguments = hooks.apply_path_arguments
 
 
-def check_conf(conf) -> None:
-    """Needs some training data; COLMAP folders pass the split guard too (Herz-Jesus-P25 is evaluation only)."""
-    if not conf.data.root and not conf.data.colmap and not int(conf.data.synthetic.scenes):
-        raise ConfigError("no training data: pass --data SEQUENCE_DIR, --colmap PROJECT_DIR and/or "
-                          "data.synthetic.scenes=N")
+def check_posed_sources(conf, has_data: bool, flags: str) -> None:
+    """A pose-supervised task needs some training data (``has_data``, else "pass ``flags``"); its COLMAP folders
+    pass the split guard too (Herz-Jesus-P25 is evaluation only)."""
+    if not has_data:
+        raise ConfigError(f"no training data: pass {flags}")
     splits.check_sources([splits.Source("train", str(f), None, "data.colmap") for f in conf.data.colmap],
                          allow_eval_data=bool(conf.data.allow_eval_data))
+
+
+def check_conf(conf) -> None:
+    d = conf.data
+    check_posed_sources(conf, bool(d.root or d.colmap or int(d.synthetic.scenes)),
+                        "--data SEQUENCE_DIR, --colmap PROJECT_DIR and/or data.synthetic.scenes=N")
 
 
 check_export = hooks.export_name_check("caps-resnet18")
@@ -488,5 +499,5 @@ export_weights = hooks.weights_exporter(load_caps_weights, "caps-resnet18")
 
 
 __all__ = ["default_conf", "CAPSTask", "PosedPairStream", "RGBDPairs", "ColmapPairs", "ConcatPairs", "synthetic_pairs",
-           "training_pairs", "prepare_posed_val_pairs",
+           "training_pairs", "check_posed_sources", "COLMAP_DATA_CONF", "prepare_posed_val_pairs",
            "resize_with_intrinsics", "sample_queries", "export_weights"]

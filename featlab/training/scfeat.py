@@ -55,7 +55,7 @@ from ..conf import deep_update, none_or, resolve_conf, to_container
 from ..datasets import homographies, splits
 from ..datasets import rgbd as rgbd_module
 from ..errors import ConfigError, InputError
-from ..extractors.scfeat import (DESCRIPTORS, describe_handcrafted, detect_keypoints, handcrafted_describer,
+from ..extractors.scfeat import (describe_handcrafted, detect_keypoints, handcrafted_describer,
                                  load_scfeat_weights, save_scfeat_weights)
 from ..geometry.eight_point import eight_point, fundamental_error, random_subsets
 from ..geometry.epipolar import fundamental_from_pose
@@ -67,7 +67,8 @@ from ..nn.resunet import map_extent
 from ..pixels import from_grid_indices, sample_map
 from ..rng import role_rng
 from . import hooks, loop
-from .caps import RGBDPairs, prepare_posed_val_pairs, resize_with_intrinsics, training_pairs
+from .caps import (COLMAP_DATA_CONF, RGBDPairs, check_posed_sources, prepare_posed_val_pairs,
+                   resize_with_intrinsics, training_pairs)
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "scfeat.yaml"
 SUMMARY = "SCFeat detector + descriptor, weakly supervised by poses"
@@ -107,10 +108,7 @@ default_conf = {
         "min_covisibility": 0.3,  # depth-checked overlap of a sequence pair (used only to select pairs)
         "max_pairs_per_gap": none_or(int),  # cap on sequence pairs per gap; null: all that pass
         "max_rotation": 80.0,  # degrees; pairs with a larger relative rotation are dropped
-        "colmap": [],  # COLMAP project folders (images/ + sparse/) with posed images, e.g. Strecha castle-P30
-        "colmap_pairs": {"min_gap": 1, "max_gap": 2, "max_rotation": 40.0, "covisibility": "none"},  # pair sampler
-        # of the COLMAP models (featlab.datasets.posed.PairSampler keys; Strecha: ~10 degrees per index step)
-        "colmap_repeat": 3,  # each COLMAP pair appears this many times per epoch (few pairs next to the sequence's)
+        **COLMAP_DATA_CONF,  # --colmap projects (featlab.training.caps.ColmapPairs)
         "image_size": [240, 320],  # [H, W] both images are resized to (K scaled accordingly)
         "batch_size": 2,  # pairs per step
         "num_workers": 1,  # DataLoader worker processes (0: load in the training process)
@@ -448,11 +446,8 @@ apply_arguments = hooks.apply_path_arguments
 
 
 def check_conf(conf) -> None:
-    """Needs some training data; COLMAP folders pass the split guard too (Herz-Jesus-P25 is evaluation only)."""
-    if not conf.data.root and not conf.data.colmap:
-        raise ConfigError("no training data: pass --data SEQUENCE_DIR and/or --colmap PROJECT_DIR")
-    splits.check_sources([splits.Source("train", str(f), None, "data.colmap") for f in conf.data.colmap],
-                         allow_eval_data=bool(conf.data.allow_eval_data))
+    check_posed_sources(conf, bool(conf.data.root or conf.data.colmap),
+                        "--data SEQUENCE_DIR and/or --colmap PROJECT_DIR")
 
 
 check_export = hooks.export_name_check("scfeat")
