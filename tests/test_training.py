@@ -77,6 +77,19 @@ class TestLoop:
             assert task.validate()["neg_mse"].item() == pytest.approx(summary["best_value"], rel=1e-6)
         assert not list((tmp_path / "checkpoints").glob(".*tmp*"))  # atomic writes leave no temporary files
 
+    def test_best_mode_min_selects_the_lowest_error(self, tmp_path):
+        runs = {}
+        for mode, metric in (("max", "neg_mse"), ("min", "mse")):
+            runs[mode] = train(ToyTask(), {**TOY, "max_steps": 20, "val_every": 4, "best_metric": metric,
+                                            "best_mode": mode}, tmp_path / mode)
+        vals = [r for r in read_metrics(tmp_path / "min" / "metrics.jsonl") if r["kind"] == "val"]
+        lowest = min(vals, key=lambda r: r["val/mse"])
+        assert runs["min"]["best_step"] == lowest["step"] == runs["max"]["best_step"]
+        assert runs["min"]["best_value"] == lowest["val/mse"] == -runs["max"]["best_value"]
+        assert lowest["val/mse"] < vals[0]["val/mse"]  # so min mode did not keep the untrained model
+        with pytest.raises(ConfigError, match="best_mode"):
+            train(ToyTask(), {**TOY, "best_mode": "lowest"}, tmp_path / "bad")
+
     def test_errors(self, tmp_path):
         with pytest.raises(ConfigError, match="unknown config key"):
             train(ToyTask(), {**TOY, "max_step": 3}, tmp_path / "x")

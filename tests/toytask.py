@@ -1,6 +1,6 @@
 """A tiny regression task for the training loop's tests (tests/test_training.py, and the torchrun workers of
 tests/test_distributed.py, which import it with tests/ on PYTHONPATH): y = sum(x) for x in R^4, an MLP with optional
-dropout (the global RNG, so resuming must restore it), validation -MSE on 32 fixed inputs, safetensors weights."""
+dropout (the global RNG, so resuming must restore it), validation MSE and -MSE on 32 fixed inputs, safetensors weights."""
 from __future__ import annotations
 
 import torch
@@ -21,7 +21,8 @@ class RegressionTask(TrainingTask):
         return loss, {"abs": loss.detach().sqrt()}
 
     def validate(self):
-        return {"neg_mse": -(self.model(self.val_x) - self.val_x.sum(1, keepdim=True)).pow(2).mean()}
+        mse = (self.model(self.val_x) - self.val_x.sum(1, keepdim=True)).pow(2).mean()
+        return {"neg_mse": -mse, "mse": mse}
 
     def save_weights(self, path, info):
         from safetensors.torch import save_file

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..conf import none_or, resolve_conf, to_container
+from ..conf import checked, none_or, resolve_conf, to_container
 from ..errors import ConfigError, InputError
 from ..io.atomic import atomic_path, atomic_write_text
 from ..rng import role_rng
@@ -59,7 +59,8 @@ default_conf = {
     "val_every": 500,  # steps between validations (and always at the last step)
     "checkpoint_every": 500,  # steps between checkpoints (and always at the last step)
     "validate_at_start": True,  # validate the untrained model at step 0 (first point of the convergence curve)
-    "best_metric": "mma@3",  # validation metric that selects the best weights (higher is better)
+    "best_metric": "mma@3",  # validation metric that selects the best weights
+    "best_mode": checked("max", choices=("max", "min")),  # max: higher best_metric is better; min: lower (an error)
     "device": "auto",  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
     "dtype": "auto",  # auto | float32 | bfloat16 (autocast for the CNN; losses and geometry stay float32);
     #                   auto: bfloat16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else float32
@@ -271,6 +272,7 @@ def train(task: TrainingTask, conf, run_dir: str | Path, resume: bool = False, f
     log = MetricsLog(run_dir / "metrics.jsonl")
 
     step, elapsed, train_time, cpu_elapsed = 0, 0.0, 0.0, 0.0
+    sign = 1.0 if conf.best_mode == "max" else -1.0  # compare sign * value, higher is better
     best = {"value": -math.inf, "step": None}
     last_val: dict = {}
     if resume:
@@ -351,8 +353,8 @@ def train(task: TrainingTask, conf, run_dir: str | Path, resume: bool = False, f
                 raise ConfigError(f"train.best_metric '{conf.best_metric}' is not a validation metric; "
                                   f"available: {', '.join(metrics)}")
             return
-        if value > best["value"]:
-            best.update(value=value, step=step)
+        if sign * value > best["value"]:
+            best.update(value=sign * value, step=step)
             task.save_weights(run_dir / "best.safetensors", {"step": step, "val": metrics})
         logger.debug("step %d validation %s", step, metrics)
 
@@ -429,7 +431,7 @@ def train(task: TrainingTask, conf, run_dir: str | Path, resume: bool = False, f
     distributed.barrier()  # every rank returns once rank 0 has written the run folder (a resume that follows finds it)
     return {"step": step, "world_size": dist.world_size, "device": str(device), "dtype": dtype,
             "channels_last": channels_last,
-            "best_metric": conf.best_metric, "best_value": best["value"], "best_step": best["step"],
+            "best_metric": conf.best_metric, "best_value": sign * best["value"], "best_step": best["step"],
             "time": now(), "cpu_time": cpu(), "train_time": train_time, "last_val": last_val, "skipped_steps": skipped}
 
 
