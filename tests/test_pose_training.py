@@ -273,7 +273,8 @@ class TestTrainPose:
         ext = build_extractor("pose-sift", {"weights": str(run / "best.safetensors"), "max_keypoints": 50})
         img = read_image(sorted((colmap_root / "images").iterdir())[0])
         pred = ext({"image": image_to_tensor(img)})
-        assert pred["descriptors"].shape[-1] == 256
+        # 256-d (g and h) at a fitted fusion with h's weight b > 0; 128-d (RootSIFT exactly) at b = 0
+        assert pred["descriptors"].shape[-1] == (256 if meta["fusion"][1] > 0 else 128) == ext.descriptor_dim
         np.testing.assert_allclose(pred["descriptors"][0].norm(dim=-1).numpy(), 1.0, atol=1e-5)
 
     def test_init_loads_the_weights_exactly(self, colmap_root, tmp_path, capsys):
@@ -296,6 +297,36 @@ class TestTrainPose:
         # a mismatched model section is refused, not silently half-loaded
         with pytest.raises(ConfigError, match="model config"):
             PoseTask({**conf, "model": {"h_dim": 64}})
+
+    def test_epipolar_precision_needs_the_true_pose(self, colmap_root):
+        """The selection's epipolar precision: high for RootSIFT on exact rendered poses, low once the pose is
+        wrong (so it measures matches against the geometry, not the matcher alone); the criterion fits the fusion."""
+        from featlab.training.pose import PoseTask
+
+        conf = {"handcrafted": {"max_keypoints": 96}, "data": {"collections": [{"root": str(colmap_root)}]},
+                "val": {"photos": None, "max_pairs": 2, "max_keypoints": 256, "fusion_steps": 3,
+                        "criterion": "epi_precision"}}
+        task = PoseTask(conf)
+        assert task.val_pairs
+        with torch.no_grad():
+            true = task.pair_scores(task.val_pairs, [0.0])
+            wrong_pairs = []
+            for p in task.val_pairs:
+                T = np.array(p["T_0to1"])
+                c, s = math.cos(math.radians(15)), math.sin(math.radians(15))
+                T[:3, :3] = np.array([[1, 0, 0], [0, c, -s], [0, s, c]]) @ T[:3, :3]
+                wrong_pairs.append({**p, "T_0to1": T})
+            wrong = task.pair_scores(wrong_pairs, [0.0])
+            metrics = task.validate()
+        assert np.all(true["correct"] <= true["matches"]) and true["matches"].sum() > 0
+        np.testing.assert_array_equal(true["matches"], wrong["matches"])  # the same matches, another geometry
+        p_true = true["correct"].sum() / true["matches"].sum()
+        p_wrong = wrong["correct"].sum() / wrong["matches"].sum()
+        assert p_true > 0.5 and p_wrong < 0.5 * p_true
+        assert 0.0 <= metrics["epi_precision"] <= 1.0
+        assert metrics["epi_precision"] == max(metrics[f"phi{d}/epi_precision"] for d in (0, 45, 90))
+        with pytest.raises(ConfigError, match="criterion"):
+            PoseTask({**conf, "val": {**conf["val"], "criterion": "precision"}})
 
     def test_init_from_shipped_pose_sift(self, colmap_root):
         from featlab.extractors.patch_residual import load_patch_residual_weights

@@ -23,13 +23,15 @@ fused descriptor at the fixed angle ``fusion.train_angle`` (h learns what g miss
 terms, inverse-uncertainty weighting, CAPS masks).
 
 **Selection** (select parts only): every validation describes the selection pairs' keypoints (``val.max_keypoints``,
-the benchmarks' 2048) with h, then fits the fusion angle on a grid of ``val.fusion_steps`` angles in [0, 90] deg:
-relative pose from mutual nearest-neighbour matches (the relpose benchmark's scoring,
-:func:`featlab.eval.relpose.score_pair`), the angle with the best ``val.criterion`` (mean AUC over 5/10/20 deg by
-default) among those that keep MMA@3 and the number of correct matches on synthetic warps of ``val.photos`` (the
-homography guard: the photo split's selection folder, moderate preset) at least at g's; phi = 0 (RootSIFT alone)
-always qualifies, so the fitted model starts at RootSIFT's quality. Metrics: ``auc@5/10/20``, ``auc_mean`` (fitted),
-``g_auc@...`` (RootSIFT), ``fusion_b``, ``phi<deg>/auc_mean``, ``mma@3``, ``g_mma@3``.
+the benchmarks' 2048) with h, then fits the fusion angle on a grid of ``val.fusion_steps`` angles in [0, 90] deg by
+``val.criterion``: the epipolar precision (``epi_precision``: the share of mutual nearest-neighbour matches within
+``val.epipolar_threshold`` px of their ground-truth epipolar lines, per pair, averaged; no RANSAC, so it varies far
+less than pose AUC on a few dozen pairs), the number of such matches, or pose AUC (the relpose benchmark's scoring,
+:func:`featlab.eval.relpose.score_pair`). Only angles that keep MMA@3 (and, with ``val.min_correct`` > 0, the number
+of correct matches) on synthetic warps of ``val.photos`` (the homography guard: the photo split's selection folder,
+moderate preset) at least at g's qualify; phi = 0 (RootSIFT alone) always qualifies, so the fitted model starts at
+RootSIFT's quality. Metrics: ``auc@5/10/20``, ``auc_mean``, ``epi_precision``, ``epi_correct`` (at the fitted
+angle), ``g_...`` (RootSIFT), ``h_...`` (h alone), ``fusion_b``, ``phi<deg>/...``, ``mma@3``, ``g_mma@3``.
 
 **Held-out report** (:func:`after_training`, called by ``featlab train`` at the end): AUC@5/10/20 on the pairs of
 each collection's held-out part before training (the initial model: RootSIFT alone, or ``--init`` weights) and
@@ -49,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..conf import deep_update, none_or, resolve_conf, to_container
+from ..conf import checked, deep_update, none_or, resolve_conf, to_container
 from ..datasets import homographies, splits
 from ..errors import ConfigError, InputError
 from ..extractors.patch_residual import (PatchResidualNet, extract_patches, fusion_from_angle,
@@ -70,6 +72,7 @@ SUMMARY = "pose-sift: RootSIFT + oriented-patch residual trained from camera pos
 KINDS = ("auto", "colmap", "rgbd", "poselog")
 SPLITS = ("frame", "viewpoint", "ranges")
 AUC_THRESHOLDS = (5, 10, 20)
+CRITERIA = ("auc@5", "auc@10", "auc@20", "auc_mean", "epi_precision", "epi_correct")
 
 #: one posed collection of data.collections (checked by :func:`collection_conf`)
 collection_default_conf = {
@@ -109,12 +112,16 @@ default_conf = {
         "train_angle": 45.0,  # deg: the loss sees L2norm([cos g, sin h]) at this angle
     },
     "val": {
-        "max_pairs": 6,  # selection pairs per collection and gap (evenly spaced over its select pairs)
+        "max_pairs": checked(none_or(int), ge=1),  # selection pairs per collection and gap (evenly spaced over
+        #   its select pairs); null: all
         "max_keypoints": 2048,  # g's keypoints per image in validation and the held-out report (the benchmarks')
         "estimator": "superglue",  # relative-pose estimator (featlab.geometry.robust)
         "ransac_threshold": 1.0,  # px
         "fusion_steps": 10,  # fusion angles tried in [0, 90] deg
-        "criterion": "auc_mean",  # auc@5 | auc@10 | auc@20 | auc_mean: what the fusion fit maximises
+        "criterion": "auc_mean",  # what the fusion fit maximises: auc@5 | auc@10 | auc@20 | auc_mean (pose AUC,
+        #   RANSAC) | epi_precision (mean share of mutual matches within epipolar_threshold of their epipolar lines)
+        #   | epi_correct (mean number of those matches per pair)
+        "epipolar_threshold": checked(2.0, gt=0),  # px at the selection pairs' resolution
         "photos": none_or(str, Path),  # homography guard: selection photos (configs/pose.yaml: bsds500/val)
         "num_photos": 10,  # warped pairs of the guard (first photos by name, centre crops)
         "preset": "moderate",  # warp preset of the guard
@@ -347,8 +354,8 @@ class PoseTask(loop.TrainingTask):
                               "handcrafted.max_keypoints >= 2")
         if not 0.0 < float(conf.fusion.train_angle) <= 90.0:
             raise ConfigError(f"fusion.train_angle must be in (0, 90] degrees, got {conf.fusion.train_angle}")
-        if int(v.fusion_steps) < 2 or v.criterion not in ("auc@5", "auc@10", "auc@20", "auc_mean"):
-            raise ConfigError(f"val.fusion_steps must be >= 2 and val.criterion auc@5, auc@10, auc@20 or auc_mean, "
+        if int(v.fusion_steps) < 2 or v.criterion not in CRITERIA:
+            raise ConfigError(f"val.fusion_steps must be >= 2 and val.criterion one of {', '.join(CRITERIA)}, "
                               f"got {v.fusion_steps}, {v.criterion!r}")
         if v.preset not in homographies.PRESETS:
             raise ConfigError(f"val.preset: unknown preset {v.preset!r}; choose from {', '.join(homographies.PRESETS)}")
@@ -360,7 +367,8 @@ class PoseTask(loop.TrainingTask):
         self.model = PatchResidualNet(conf.model)
         self.init_info = self._load_init(conf.init) if conf.init else None
         self.initial_state = copy.deepcopy(self.model.state_dict())
-        self.sources = [SplitCollection(e, k, int(v.max_pairs), bool(d.allow_eval_data))
+        self.sources = [SplitCollection(e, k, None if v.max_pairs is None else int(v.max_pairs),
+                                        bool(d.allow_eval_data))
                         for k, e in enumerate(d.collections)]
         self.dataset = PosePairStream(self.sources, conf, seed=int(conf.train.seed))
         if self.dataset.g.descriptor_dim != int(conf.model.g_dim):
@@ -468,25 +476,43 @@ class PoseTask(loop.TrainingTask):
 
     def pose_errors(self, pairs: list[dict], phis) -> np.ndarray:
         """(pairs, fusions) pose errors (deg, inf on failure) of each pair under each fusion angle (radians)."""
+        return self.pair_scores(pairs, phis, epipolar=False)["pose_error"]
+
+    def pair_scores(self, pairs: list[dict], phis, epipolar: bool = True) -> dict[str, np.ndarray]:
+        """(pairs, fusions) scores of each pair under each fusion angle (radians): ``pose_error`` (deg, inf on
+        failure; the relpose benchmark's scoring) and, with ``epipolar``, ``matches`` (mutual nearest neighbours)
+        and ``correct`` (those within ``val.epipolar_threshold`` px of their ground-truth epipolar lines,
+        symmetric distance): the epipolar precision, which needs no RANSAC and so varies far less than pose AUC."""
+        from ..eval.cache import match_features
         from ..eval.relpose import score_pair
+        from ..geometry.epipolar import epipolar_distance, fundamental_from_pose
 
         rconf = self._relpose_conf()
-        errors = np.full((len(pairs), len(phis)), np.inf)
+        out = {"pose_error": np.full((len(pairs), len(phis)), np.inf)}
+        if epipolar:
+            out.update(matches=np.zeros((len(pairs), len(phis))), correct=np.zeros((len(pairs), len(phis))))
         for k, pair in enumerate(pairs):
             f0, f1 = pair["views"]
             if len(f0["keypoints"]) == 0 or len(f1["keypoints"]) == 0:
                 continue
             h0, h1 = self._describe(f0), self._describe(f1)
+            F01 = fundamental_from_pose(pair["K0"], pair["K1"], pair["T_0to1"]) if epipolar else None
             for j, phi in enumerate(phis):
                 a, b = fusion_from_angle(float(phi))
-                d0 = F.normalize(torch.cat([a * f0["descriptors"], b * h0], -1), dim=-1)
-                d1 = F.normalize(torch.cat([a * f1["descriptors"], b * h1], -1), dim=-1)
+                feats = [{"keypoints": f["keypoints"].numpy(),
+                          "descriptors": F.normalize(torch.cat([a * f["descriptors"], b * h], -1), dim=-1).numpy()}
+                         for f, h in ((f0, h0), (f1, h1))]
                 cv2.setRNGSeed(k)  # the same RANSAC draws for every fusion and every validation
-                rec = score_pair({"keypoints": f0["keypoints"].numpy(), "descriptors": d0.numpy()},
-                                 {"keypoints": f1["keypoints"].numpy(), "descriptors": d1.numpy()},
-                                 pair["K0"], pair["K1"], pair["T_0to1"], rconf, False)
-                errors[k, j] = rec["pose_error"]
-        return errors
+                rec = score_pair(feats[0], feats[1], pair["K0"], pair["K1"], pair["T_0to1"], rconf, False)
+                out["pose_error"][k, j] = rec["pose_error"]
+                if epipolar:
+                    m0 = match_features(feats[0], feats[1], False)
+                    i0 = np.flatnonzero(m0 >= 0)
+                    d = epipolar_distance(feats[0]["keypoints"][i0].astype(np.float64),
+                                          feats[1]["keypoints"][m0[i0]].astype(np.float64), F01)
+                    out["matches"][k, j] = len(i0)
+                    out["correct"][k, j] = float((np.asarray(d) <= float(self.conf.val.epipolar_threshold)).sum())
+        return out
 
     def _guard(self, phis) -> tuple[np.ndarray, np.ndarray]:
         """(fusions,) mean MMA@3 and mean correct matches on the guard's warps under each fusion angle."""
@@ -523,8 +549,12 @@ class PoseTask(loop.TrainingTask):
             return {}
         v = self.conf.val
         phis = np.linspace(0.0, math.pi / 2, int(v.fusion_steps))
-        errors = self.pose_errors(self.val_pairs, phis)
-        per_phi = [self.aucs(errors[:, j]) for j in range(len(phis))]
+        scores = self.pair_scores(self.val_pairs, phis)
+        per_phi = [self.aucs(scores["pose_error"][:, j]) for j in range(len(phis))]
+        with np.errstate(invalid="ignore", divide="ignore"):  # a pair without matches has precision 0
+            precision = np.nan_to_num(scores["correct"] / scores["matches"]).mean(0)
+        for j in range(len(phis)):
+            per_phi[j].update(epi_precision=float(precision[j]), epi_correct=float(scores["correct"][:, j].mean()))
         crit = np.array([p[v.criterion] for p in per_phi])
         ok = np.ones(len(phis), bool)
         out = {}
@@ -544,6 +574,9 @@ class PoseTask(loop.TrainingTask):
                         "g_correct@3": float(correct[0])})
         for j, phi in enumerate(phis):
             out[f"phi{math.degrees(phi):.0f}/{v.criterion}"] = float(crit[j])
+            for key in ("auc_mean", "epi_precision"):
+                if key != v.criterion:
+                    out[f"phi{math.degrees(phi):.0f}/{key}"] = per_phi[j][key]
             if self.guard_pairs:
                 out[f"phi{math.degrees(phi):.0f}/mma@3"] = float(mma3[j])
         return out
