@@ -333,11 +333,15 @@ class TestTrainPose:
         from featlab.io.weights import SHIPPED_WEIGHTS_DIR
         from featlab.training.pose import PoseTask
 
-        shipped = SHIPPED_WEIGHTS_DIR / "pose-sift.safetensors"
-        if not shipped.is_file():
-            pytest.skip("no shipped pose-sift weights")
-        net, _ = load_patch_residual_weights(shipped)
-        task = PoseTask({"init": "pose-sift", "val": {"photos": None, "max_pairs": 1},
+        from featlab.conf import load_yaml
+        from featlab.training.pose import DEFAULT_CONFIG
+
+        net, meta = load_patch_residual_weights(SHIPPED_WEIGHTS_DIR / "pose-sift.safetensors")
+        # the recipe's model section is the shipped model's, so `featlab train pose --init pose-sift` (the
+        # walk-through) needs no model.* overrides
+        assert meta["model"] == {**meta["model"], **load_yaml(DEFAULT_CONFIG)["model"]}
+        assert meta["fusion"][1] > 0 and meta["handcrafted"]["name"] == "rootsift"  # h has weight: trained, selected
+        task = PoseTask({"init": "pose-sift", "model": meta["model"], "val": {"photos": None, "max_pairs": 1},
                          "data": {"collections": [{"root": str(colmap_root)}]}})
         for key, value in net.state_dict().items():
             assert torch.equal(task.model.state_dict()[key], value), key

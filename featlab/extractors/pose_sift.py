@@ -4,7 +4,8 @@ patches, fused as ``L2norm([cos(phi) g, sin(phi) h])``) trained from camera pose
 The network, the weights format (``featlab-patch-residual/1``) and the extraction are those of
 :class:`featlab.extractors.patch_residual.PatchResidualDescriptor`; only the training differs
 (:mod:`featlab.training.pose`: the sparse epipolar loss of :mod:`featlab.losses.epipolar_sparse` on posed image
-pairs, no correspondences; the fusion angle fitted for pose AUC on the selection pairs under a homography guard).
+pairs, no correspondences; the fusion angle fitted for epipolar precision on the selection pairs under a
+homography guard). The shipped h reads patches of 15 keypoint sizes, twice SIFT's support.
 Weights: ``featlab/weights/pose-sift.safetensors`` (+ ``.json``), or any file given as ``weights=PATH``.
 """
 from __future__ import annotations
