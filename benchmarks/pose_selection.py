@@ -41,7 +41,7 @@ def main(argv: list[str]) -> int:
         with torch.no_grad():
             scores = task.pair_scores(task.val_pairs, phis)
             mma3, guard_correct = task._guard(phis)
-        precision = (scores["correct"] / np.maximum(scores["matches"], 1)).mean(0)
+        precision = scores["precision"].mean(0)
         for j, phi in enumerate(phis):
             a = task.aucs(scores["pose_error"][:, j])
             print(f"| {label} | {math.degrees(phi):.0f} | {100 * a['auc@5']:.1f} | {100 * a['auc@10']:.1f} | "

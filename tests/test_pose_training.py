@@ -329,12 +329,10 @@ class TestTrainPose:
             PoseTask({**conf, "val": {**conf["val"], "criterion": "precision"}})
 
     def test_init_from_shipped_pose_sift(self, colmap_root):
+        from featlab.conf import load_yaml
         from featlab.extractors.patch_residual import load_patch_residual_weights
         from featlab.io.weights import SHIPPED_WEIGHTS_DIR
-        from featlab.training.pose import PoseTask
-
-        from featlab.conf import load_yaml
-        from featlab.training.pose import DEFAULT_CONFIG
+        from featlab.training.pose import DEFAULT_CONFIG, PoseTask
 
         net, meta = load_patch_residual_weights(SHIPPED_WEIGHTS_DIR / "pose-sift.safetensors")
         # the recipe's model section is the shipped model's, so `featlab train pose --init pose-sift` (the

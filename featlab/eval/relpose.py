@@ -43,12 +43,13 @@ default_conf = {
 
 
 def score_pair(feats0: dict, feats1: dict, K0: np.ndarray, K1: np.ndarray, T_0to1: np.ndarray, conf,
-               binary: bool) -> dict[str, Any]:
+               binary: bool, matches0: np.ndarray | None = None) -> dict[str, Any]:
     """Match one pair from cached features, estimate the relative pose and measure its error.
 
     Args:
         feats0/feats1: ``keypoints`` (N, 2) in the frames' pixels, ``descriptors`` (N, D); K0/K1: (3, 3);
-        T_0to1: (4, 4) ground truth; conf: benchmark conf; binary: Hamming descriptors.
+        T_0to1: (4, 4) ground truth; conf: benchmark conf; binary: Hamming descriptors;
+        matches0: the pair's mutual matches (:func:`match_features`) when the caller has them already.
     Returns:
         JSON-ready per-pair numbers (``pose_error`` is ``inf`` on failure).
     """
@@ -57,7 +58,8 @@ def score_pair(feats0: dict, feats1: dict, K0: np.ndarray, K1: np.ndarray, T_0to
 
     k0 = np.asarray(feats0["keypoints"], dtype=np.float64).reshape(-1, 2)
     k1 = np.asarray(feats1["keypoints"], dtype=np.float64).reshape(-1, 2)
-    matches0 = match_features(feats0, feats1, binary)
+    if matches0 is None:
+        matches0 = match_features(feats0, feats1, binary)
     idx0, idx1 = metrics.match_indices(matches0)
     R, t, mask = None, None, np.zeros(0, bool)
     if len(idx0) >= 5:

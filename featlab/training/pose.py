@@ -480,9 +480,10 @@ class PoseTask(loop.TrainingTask):
 
     def pair_scores(self, pairs: list[dict], phis, epipolar: bool = True) -> dict[str, np.ndarray]:
         """(pairs, fusions) scores of each pair under each fusion angle (radians): ``pose_error`` (deg, inf on
-        failure; the relpose benchmark's scoring) and, with ``epipolar``, ``matches`` (mutual nearest neighbours)
-        and ``correct`` (those within ``val.epipolar_threshold`` px of their ground-truth epipolar lines,
-        symmetric distance): the epipolar precision, which needs no RANSAC and so varies far less than pose AUC."""
+        failure; the relpose benchmark's scoring) and, with ``epipolar``, ``matches`` (mutual nearest neighbours),
+        ``correct`` (those within ``val.epipolar_threshold`` px of their ground-truth epipolar lines, symmetric
+        distance) and ``precision`` (correct / matches; 0 without matches): the epipolar precision, which needs no
+        RANSAC and so varies far less than pose AUC."""
         from ..eval.cache import match_features
         from ..eval.relpose import score_pair
         from ..geometry.epipolar import epipolar_distance, fundamental_from_pose
@@ -502,16 +503,18 @@ class PoseTask(loop.TrainingTask):
                 feats = [{"keypoints": f["keypoints"].numpy(),
                           "descriptors": F.normalize(torch.cat([a * f["descriptors"], b * h], -1), dim=-1).numpy()}
                          for f, h in ((f0, h0), (f1, h1))]
+                m0 = match_features(feats[0], feats[1], False)
                 cv2.setRNGSeed(k)  # the same RANSAC draws for every fusion and every validation
-                rec = score_pair(feats[0], feats[1], pair["K0"], pair["K1"], pair["T_0to1"], rconf, False)
+                rec = score_pair(feats[0], feats[1], pair["K0"], pair["K1"], pair["T_0to1"], rconf, False, m0)
                 out["pose_error"][k, j] = rec["pose_error"]
                 if epipolar:
-                    m0 = match_features(feats[0], feats[1], False)
                     i0 = np.flatnonzero(m0 >= 0)
                     d = epipolar_distance(feats[0]["keypoints"][i0].astype(np.float64),
                                           feats[1]["keypoints"][m0[i0]].astype(np.float64), F01)
                     out["matches"][k, j] = len(i0)
                     out["correct"][k, j] = float((np.asarray(d) <= float(self.conf.val.epipolar_threshold)).sum())
+        if epipolar:
+            out["precision"] = out["correct"] / np.maximum(out["matches"], 1)  # correct <= matches: 0 when none
         return out
 
     def _guard(self, phis) -> tuple[np.ndarray, np.ndarray]:
@@ -551,8 +554,7 @@ class PoseTask(loop.TrainingTask):
         phis = np.linspace(0.0, math.pi / 2, int(v.fusion_steps))
         scores = self.pair_scores(self.val_pairs, phis)
         per_phi = [self.aucs(scores["pose_error"][:, j]) for j in range(len(phis))]
-        with np.errstate(invalid="ignore", divide="ignore"):  # a pair without matches has precision 0
-            precision = np.nan_to_num(scores["correct"] / scores["matches"]).mean(0)
+        precision = scores["precision"].mean(0)
         for j in range(len(phis)):
             per_phi[j].update(epi_precision=float(precision[j]), epi_correct=float(scores["correct"][:, j].mean()))
         crit = np.array([p[v.criterion] for p in per_phi])
