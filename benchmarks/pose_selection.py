@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from featlab.conf import load_yaml
+from featlab.errors import FeatlabError
 from featlab.extractors.patch_residual import load_patch_residual_weights
 from featlab.training.pose import PoseTask
 
@@ -26,6 +27,7 @@ def main(argv: list[str]) -> int:
         print(__doc__.strip().splitlines()[2], file=sys.stderr)
         return 2
     torch.set_num_threads(1)
+    nets = [(a.split("=", 1)[0], load_patch_residual_weights(a.split("=", 1)[1])[0].eval()) for a in argv[1:]]
     conf = load_yaml(argv[0])
     conf["init"] = None
     conf["val"].update(max_pairs=None, fusion_steps=7)
@@ -35,9 +37,8 @@ def main(argv: list[str]) -> int:
     print("| weights | phi | AUC@5 | AUC@10 | AUC@20 | AUC mean | epipolar precision | correct | matches | "
           "guard MMA@3 | guard correct |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for arg in argv[1:]:
-        label, path = arg.split("=", 1)
-        task.model = load_patch_residual_weights(path)[0].eval()  # its own patch window and h
+    for label, net in nets:
+        task.model = net  # its own patch window and h
         with torch.no_grad():
             scores = task.pair_scores(task.val_pairs, phis)
             mma3, guard_correct = task._guard(phis)
@@ -52,4 +53,8 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except FeatlabError as e:  # missing or bad config or weights file: one line, exit 2
+        print(f"pose_selection: error: {e}", file=sys.stderr)
+        sys.exit(2)
